@@ -1,0 +1,26 @@
+//! `seqclust bench`: benchmarks that print JSON lines in the reference peers' result format.
+
+mod ingest;
+mod measure;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+/// Run a benchmark on generated data.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Debug, Subcommand)]
+enum Which {
+    /// `seqclust gen` → `seqclust ingest` throughput and peak memory, optionally against polars.
+    Ingest(ingest::IngestBench),
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.which {
+        Which::Ingest(b) => ingest::run(b),
+    }
+}
