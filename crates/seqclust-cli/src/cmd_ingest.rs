@@ -63,6 +63,9 @@ pub struct IngestArgs {
     /// Parser threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Memory (MiB) for partitioned events before they spill to --tmp-dir (default 1024).
+    #[arg(long)]
+    memory_mb: Option<usize>,
     /// Scratch directory (needs about the input's size).
     #[arg(long, env = "SEQCLUST_TMP_DIR")]
     tmp_dir: Option<PathBuf>,
@@ -252,6 +255,9 @@ pub fn build_config(a: &IngestArgs) -> Result<IngestConfig> {
     }
     if let Some(v) = a.threads {
         o.threads = v;
+    }
+    if let Some(v) = a.memory_mb {
+        o.memory_mb = v;
     }
     if let Some(v) = &a.tmp_dir {
         o.tmp_dir = Some(v.clone());

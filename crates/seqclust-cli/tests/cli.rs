@@ -1,5 +1,6 @@
 //! The `seqclust` binary end to end: gen → ingest → dataset inspect/list, error messages and
 //! exit codes, and every example config.
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 use std::path::Path;
 use std::process::{Command, Output};

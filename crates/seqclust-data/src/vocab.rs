@@ -28,11 +28,23 @@ impl KeyVocab {
     /// Builds a vocabulary from occurrence counts; keys seen fewer than `min_count` times go to
     /// [`Self::OOV`], whose count is their total.
     pub fn from_counts(counts: FxHashMap<Box<[u8]>, u64>, min_count: u64) -> KeyVocab {
-        let mut kept: Vec<(Box<[u8]>, u64)> = Vec::with_capacity(counts.len());
+        let (keys, counts): (Vec<_>, Vec<_>) = counts.into_iter().unzip();
+        KeyVocab::from_keys(keys, counts, min_count).0
+    }
+
+    /// Like [`Self::from_counts`] for parallel key and count lists; also returns the id of
+    /// each input key.
+    pub fn from_keys(
+        keys: Vec<Box<[u8]>>,
+        counts: Vec<u64>,
+        min_count: u64,
+    ) -> (KeyVocab, Vec<u32>) {
+        let mut to_id = vec![Self::OOV; keys.len()];
+        let mut kept: Vec<(Box<[u8]>, u64, usize)> = Vec::with_capacity(keys.len());
         let mut oov = 0u64;
-        for (k, c) in counts {
+        for (i, (k, c)) in keys.into_iter().zip(counts).enumerate() {
             if c >= min_count {
-                kept.push((k, c));
+                kept.push((k, c, i));
             } else {
                 oov += c;
             }
@@ -46,16 +58,20 @@ impl KeyVocab {
         cnts.push(oov);
         let mut index = FxHashMap::default();
         index.reserve(kept.len());
-        for (k, c) in kept {
+        for (k, c, i) in kept {
+            to_id[i] = keys.len() as u32;
             index.insert(k.clone(), keys.len() as u32);
             keys.push(String::from_utf8_lossy(&k).into_owned());
             cnts.push(c);
         }
-        KeyVocab {
-            keys,
-            counts: cnts,
-            index,
-        }
+        (
+            KeyVocab {
+                keys,
+                counts: cnts,
+                index,
+            },
+            to_id,
+        )
     }
 
     /// The id of a key ([`Self::OOV`] when unknown).

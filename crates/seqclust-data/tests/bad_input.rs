@@ -1,5 +1,6 @@
 //! Malformed rows, the quarantine report, the bad-fraction limit, and errors that name the file
 //! and column; nothing committed is ever overwritten or half-written.
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 mod common;
 

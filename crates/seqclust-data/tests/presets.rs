@@ -1,5 +1,6 @@
 //! Every preset against the real files in ../shared/data; the expected counts are the ones
 //! printed in each folder's README.
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Property tests for every reader: arbitrary bytes never panic, and every row is accounted for
 //! either as an event or as a quarantined row.
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! CSV / JSON Lines / Parquet → dataset → reader round trips, and the shard invariants as
 //! property tests: every valid event lands in exactly one shard, and each user's order is the
 //! input's (by time, ties in input order).
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 mod common;
 
@@ -27,9 +28,12 @@ fn write_csv(path: &std::path::Path, events: &[Ev]) {
     std::fs::write(path, s).unwrap();
 }
 
+/// Each user's events as (item key, timestamp ms, action name).
+type Sequences = BTreeMap<String, Vec<(String, i64, String)>>;
+
 /// The expected sequence of each user: stable sort by time.
-fn expected(events: &[Ev]) -> BTreeMap<String, Vec<(String, i64, String)>> {
-    let mut by_user: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
+fn expected(events: &[Ev]) -> Sequences {
+    let mut by_user = Sequences::new();
     for (u, i, t, a) in events {
         by_user.entry(format!("u{u}")).or_default().push((
             format!("item{i}"),
@@ -43,7 +47,7 @@ fn expected(events: &[Ev]) -> BTreeMap<String, Vec<(String, i64, String)>> {
     by_user
 }
 
-fn actual(location: &str) -> (BTreeMap<String, Vec<(String, i64, String)>>, Vec<usize>) {
+fn actual(location: &str) -> (Sequences, Vec<usize>) {
     let (ds, shards) = read_all(location);
     let rt = rt();
     let vocab = rt.block_on(ds.item_vocab()).unwrap();

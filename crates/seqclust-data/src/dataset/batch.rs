@@ -399,8 +399,16 @@ impl SequenceBatch {
     /// Encodes as a Parquet file (snappy, 16k users per row group).
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
         let batch = self.to_record_batch()?;
-        let props = parquet::file::properties::WriterProperties::builder()
+        use parquet::schema::types::ColumnPath;
+        let path = |p: &[&str]| ColumnPath::new(p.iter().map(|s| s.to_string()).collect());
+        let mut props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
+            // near-unique values: a dictionary costs time and is abandoned anyway
+            .set_column_dictionary_enabled(path(&[columns::USER]), false);
+        for c in [columns::TIMESTAMPS, columns::DWELL] {
+            props = props.set_column_dictionary_enabled(path(&[c, "list", "item"]), false);
+        }
+        let props = props
             .set_max_row_group_row_count(Some(16_384))
             .set_created_by(format!("seqclust {}", env!("CARGO_PKG_VERSION")))
             .build();

@@ -113,6 +113,9 @@ pub struct OutputConfig {
     pub max_bad_fraction: f64,
     /// Parser threads; 0 uses every core.
     pub threads: usize,
+    /// Memory (MiB) for partitioned events before they spill to `tmp_dir`; peak memory is about
+    /// this plus the vocabularies plus a few shards being written.
+    pub memory_mb: usize,
     /// Scratch directory for the partition files (about the size of the input); default: the
     /// system temporary directory.
     pub tmp_dir: Option<PathBuf>,
@@ -127,6 +130,7 @@ impl Default for OutputConfig {
             shards: 0,
             max_bad_fraction: 0.01,
             threads: 0,
+            memory_mb: 1024,
             tmp_dir: None,
         }
     }
@@ -163,6 +167,9 @@ impl OutputConfig {
                 "output.max_bad_fraction",
                 "must be between 0 and 1",
             ));
+        }
+        if self.threads > 64 {
+            return Err(Error::config("output.threads", "at most 64"));
         }
         if self.shards > 65_536 {
             return Err(Error::config("output.shards", "at most 65536"));

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 
 pub use config::{Dedup, IngestConfig, OutputConfig, PreprocessConfig, validate_segment};
 pub use spill::partition_of;
@@ -142,6 +141,7 @@ pub fn ingest(
     let shared = spill::SpillShared::create(
         scratch.path(),
         partitions,
+        out.memory_mb.saturating_mul(1 << 20),
         source.aliases.clone(),
         source.default_action.clone(),
         source.numeric_names.len(),
@@ -158,11 +158,11 @@ pub fn ingest(
     let (tx, rx) = crossbeam_channel::bounded::<crate::source::Chunk>(threads * 2);
     let (read_result, sinks) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
+            .map(|t| {
                 let rx = rx.clone();
                 let shared = &shared;
                 s.spawn(move || -> Result<spill::SpillSink<'_>> {
-                    let mut sink = spill::SpillSink::new(shared, flush_at);
+                    let mut sink = spill::SpillSink::new(shared, flush_at, t as u8);
                     let mut failed = None;
                     for chunk in rx {
                         if failed.is_none()
@@ -207,8 +207,8 @@ pub fn ingest(
     let read_seconds = t0.elapsed().as_secs_f64();
 
     let mut quarantine = Quarantine::default();
-    let mut items: FxHashMap<Box<[u8]>, u64> = FxHashMap::default();
-    let mut cats: FxHashMap<Box<[u8]>, u64> = FxHashMap::default();
+    let mut item_parts = Vec::with_capacity(threads);
+    let mut cat_parts = Vec::with_capacity(threads);
     let mut events = 0u64;
     let mut too_many_actions = false;
     let mut dwell_seen = false;
@@ -220,18 +220,8 @@ pub fn ingest(
         min_ts = min_ts.min(sink.min_ts);
         max_ts = max_ts.max(sink.max_ts);
         quarantine.merge(std::mem::take(&mut sink.quarantine));
-        for (map, into) in [
-            (&mut sink.items, &mut items),
-            (&mut sink.categories, &mut cats),
-        ] {
-            if into.is_empty() {
-                std::mem::swap(map, into);
-            } else {
-                for (k, c) in map.drain() {
-                    *into.entry(k).or_insert(0) += c;
-                }
-            }
-        }
+        item_parts.push(std::mem::take(&mut sink.items));
+        cat_parts.push(std::mem::take(&mut sink.categories));
     }
     drop(sinks);
     let seen_actions = shared
@@ -240,7 +230,6 @@ pub fn ingest(
         .map_err(|_| Error::Internal("action registry poisoned"))?
         .names
         .clone();
-    drop(shared);
     if too_many_actions {
         return Err(Error::config(
             "source.columns.action",
@@ -272,9 +261,19 @@ pub fn ingest(
     }
 
     // ---- vocabularies
-    let items_seen = items.len() as u64;
-    let item_vocab = KeyVocab::from_counts(items, pre.item_min_count);
-    let cat_vocab = KeyVocab::from_counts(cats, 1);
+    let spill::Merged {
+        keys: item_keys,
+        counts: item_counts,
+        remaps: item_remaps,
+    } = spill::Interner::merge(item_parts);
+    let items_seen = item_keys.len() as u64;
+    let (item_vocab, item_ids) = KeyVocab::from_keys(item_keys, item_counts, pre.item_min_count);
+    let spill::Merged {
+        keys: cat_keys,
+        counts: cat_counts,
+        remaps: cat_remaps,
+    } = spill::Interner::merge(cat_parts);
+    let (cat_vocab, cat_ids) = KeyVocab::from_keys(cat_keys, cat_counts, 1);
     let (action_names, action_remap) = action_order(&seen_actions);
 
     // ---- pass 2: per-partition sort, preprocess, write
@@ -282,12 +281,14 @@ pub fn ingest(
     let t1 = Instant::now();
     progress.phase("write", Some(partitions as u64));
     let pctx = partition::PartitionCtx {
-        dir: scratch.path(),
+        spill: &shared,
         n_numeric: source.numeric_names.len(),
         has_dwell,
         numeric_names: &source.numeric_names,
-        items: &item_vocab,
-        categories: &cat_vocab,
+        item_remaps: &item_remaps,
+        item_ids: &item_ids,
+        cat_remaps: &cat_remaps,
+        cat_ids: &cat_ids,
         action_remap: &action_remap,
         pre,
         total_events: events,
@@ -304,7 +305,6 @@ pub fn ingest(
                 let (batch, stats) = partition::process(p, &pctx)?;
                 let path = format!("shards/part-{p:05}.parquet");
                 let bytes = batch.to_parquet()?;
-                let _ = std::fs::remove_file(spill::partition_path(scratch.path(), p));
                 let entry = ShardEntry {
                     file: FileEntry {
                         path: path.clone(),
@@ -327,6 +327,7 @@ pub fn ingest(
         shards.push(e);
         stats.push(s);
     }
+    drop(shared);
     drop(scratch);
 
     // ---- vocab files, quarantine report, then the manifest

@@ -2,19 +2,25 @@
 //! user sequences → one Parquet shard.
 
 use super::config::{Dedup, PreprocessConfig};
-use super::spill::{Rec, decode, partition_path};
+use super::spill::{Rec, SpillShared, decode};
 use crate::dataset::SequenceBatch;
 use crate::error::{Error, Result};
 use crate::vocab::KeyVocab;
 
 /// What pass 2 needs besides the partition.
 pub(crate) struct PartitionCtx<'a> {
-    pub dir: &'a std::path::Path,
+    pub spill: &'a SpillShared,
     pub n_numeric: usize,
     pub has_dwell: bool,
     pub numeric_names: &'a [String],
-    pub items: &'a KeyVocab,
-    pub categories: &'a KeyVocab,
+    /// Per parser thread: local item id → dataset-wide key index.
+    pub item_remaps: &'a [Vec<u32>],
+    /// Key index → item id.
+    pub item_ids: &'a [u32],
+    /// Per parser thread: local category id → dataset-wide key index.
+    pub cat_remaps: &'a [Vec<u32>],
+    /// Key index → category id.
+    pub cat_ids: &'a [u32],
     pub action_remap: &'a [u16],
     pub pre: &'a PreprocessConfig,
     /// Valid events of the whole input, to size the timestamp sample.
@@ -46,16 +52,19 @@ pub(crate) struct ShardStats {
 const TS_SAMPLE: u64 = 16_384;
 
 pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch, ShardStats)> {
-    let path = partition_path(ctx.dir, p);
-    let buf = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
-    let mut recs = decode(&buf, ctx.n_numeric, &path.display().to_string())?;
+    let buf = ctx.spill.take(p)?;
+    let what = format!("partition {p}");
+    let mut recs = decode(&buf, ctx.n_numeric, &what)?;
+    // thread-local ids → dataset-wide key indices (u32::MAX: no category)
+    for r in &mut recs {
+        let t = r.thread as usize;
+        r.item = ctx.item_remaps[t][r.item as usize];
+        if r.cat != u32::MAX {
+            r.cat = ctx.cat_remaps[t][r.cat as usize];
+        }
+    }
     let b = &buf[..];
-    recs.sort_unstable_by(|x, y| {
-        Rec::bytes(b, x.user)
-            .cmp(Rec::bytes(b, y.user))
-            .then(x.ts.cmp(&y.ts))
-            .then(x.seq.cmp(&y.seq))
-    });
+    let (order, bounds) = group_by_user(b, &recs);
     let pre = ctx.pre;
     let gap_ms = (pre.session_gap_s * 1000.0) as i64;
     let mut out = SequenceBatch::new(ctx.has_dwell, ctx.numeric_names.to_vec());
@@ -66,29 +75,22 @@ pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch
         ..Default::default()
     };
     let mut kept: Vec<usize> = Vec::new();
-    let mut all_ts: Vec<i64> = Vec::new();
-    let mut start = 0;
-    while start < recs.len() {
-        let user = Rec::bytes(b, recs[start].user);
-        let mut end = start + 1;
-        while end < recs.len() && Rec::bytes(b, recs[end].user) == user {
-            end += 1;
-        }
+    for w in bounds.windows(2) {
+        let (start, end) = (w[0] as usize, w[1] as usize);
+        let user = Rec::bytes(b, recs[order[start] as usize].user);
         kept.clear();
-        for i in start..end {
+        for i in order[start..end].iter().map(|&i| i as usize) {
             if let Some(&last) = kept.last() {
                 let (x, y) = (&recs[last], &recs[i]);
                 let dup = match pre.dedup {
                     Dedup::None => false,
-                    Dedup::ItemAction => {
-                        x.action == y.action && Rec::bytes(b, x.item) == Rec::bytes(b, y.item)
-                    }
+                    Dedup::ItemAction => x.action == y.action && x.item == y.item,
                     Dedup::Exact => {
                         x.ts == y.ts
                             && x.action == y.action
                             && x.dwell.to_bits() == y.dwell.to_bits()
-                            && Rec::bytes(b, x.item) == Rec::bytes(b, y.item)
-                            && x.category(b) == y.category(b)
+                            && x.item == y.item
+                            && x.cat == y.cat
                             && b[x.num as usize..x.num as usize + 4 * ctx.n_numeric]
                                 == b[y.num as usize..y.num as usize + 4 * ctx.n_numeric]
                     }
@@ -103,7 +105,6 @@ pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch
         if kept.len() < pre.min_len {
             st.short_users += 1;
             st.short_events += kept.len() as u64;
-            start = end;
             continue;
         }
         // sessions over the whole history, then keep the most recent max_len
@@ -119,19 +120,20 @@ pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch
         st.truncated += cut as u64;
         let first_session = sessions[cut];
         let user_str = std::str::from_utf8(user).map_err(|_| Error::Shard {
-            location: path.display().to_string(),
+            location: what.clone(),
             message: "user key is not UTF-8".into(),
         })?;
         out.begin_user(user_str);
         for (k, &i) in kept.iter().enumerate().skip(cut) {
             let r = &recs[i];
-            let item = ctx.items.id(Rec::bytes(b, r.item));
+            let item = ctx.item_ids[r.item as usize];
             if item == KeyVocab::OOV {
                 st.oov_events += 1;
             }
-            let cat = match r.category(b) {
-                None => KeyVocab::PAD,
-                Some(c) => ctx.categories.id(c),
+            let cat = if r.cat == u32::MAX {
+                KeyVocab::PAD
+            } else {
+                ctx.cat_ids[r.cat as usize]
             };
             let action = ctx
                 .action_remap
@@ -146,7 +148,6 @@ pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch
             }
             st.min_ts = st.min_ts.min(r.ts);
             st.max_ts = st.max_ts.max(r.ts);
-            all_ts.push(r.ts);
             out.push_event(
                 item,
                 action,
@@ -163,20 +164,61 @@ pub(crate) fn process(p: usize, ctx: &PartitionCtx<'_>) -> Result<(SequenceBatch
         st.events += len as u64;
         st.sessions += u64::from(session - first_session) + 1;
         st.lengths[len.min(pre.max_len)] += 1;
-        start = end;
     }
-    all_ts.sort_unstable();
     let want = if ctx.total_events == 0 {
         0
     } else {
-        ((all_ts.len() as u64 * TS_SAMPLE).div_ceil(ctx.total_events)).min(all_ts.len() as u64)
-            as usize
+        ((out.timestamps.len() as u64 * TS_SAMPLE).div_ceil(ctx.total_events))
+            .min(out.timestamps.len() as u64) as usize
     };
     if want > 0 {
-        let step = all_ts.len() as f64 / want as f64;
+        let step = out.timestamps.len() as f64 / want as f64;
         st.ts_sample = (0..want)
-            .map(|k| all_ts[((k as f64 + 0.5) * step) as usize])
+            .map(|k| out.timestamps[((k as f64 + 0.5) * step) as usize])
             .collect();
     }
     Ok((out, st))
+}
+
+/// Record indices grouped by user (users in key order), each user's records sorted by
+/// (time, input order), and the group boundaries. Users are interned first so that only the
+/// distinct keys are compared as strings.
+fn group_by_user(b: &[u8], recs: &[Rec]) -> (Vec<u32>, Vec<u32>) {
+    let mut ids: rustc_hash::FxHashMap<&[u8], u32> = rustc_hash::FxHashMap::default();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut user_of: Vec<u32> = Vec::with_capacity(recs.len());
+    for r in recs {
+        let k = Rec::bytes(b, r.user);
+        let id = *ids.entry(k).or_insert_with(|| {
+            keys.push(k);
+            keys.len() as u32 - 1
+        });
+        user_of.push(id);
+    }
+    let mut by_key: Vec<u32> = (0..keys.len() as u32).collect();
+    by_key.sort_unstable_by(|&x, &y| keys[x as usize].cmp(keys[y as usize]));
+    let mut rank = vec![0u32; keys.len()];
+    for (r, &u) in by_key.iter().enumerate() {
+        rank[u as usize] = r as u32;
+    }
+    // counting sort by user rank, then each user's few records by (time, input order)
+    let mut start = vec![0u32; keys.len() + 1];
+    for &u in &user_of {
+        start[rank[u as usize] as usize + 1] += 1;
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let mut next = start.clone();
+    let mut order = vec![0u32; recs.len()];
+    for (i, &u) in user_of.iter().enumerate() {
+        let slot = &mut next[rank[u as usize] as usize];
+        order[*slot as usize] = i as u32;
+        *slot += 1;
+    }
+    for w in start.windows(2) {
+        order[w[0] as usize..w[1] as usize]
+            .sort_unstable_by_key(|&i| (recs[i as usize].ts, recs[i as usize].seq));
+    }
+    (order, start)
 }

@@ -1,13 +1,16 @@
 //! Pass 1 of ingest: each parser thread appends its events to per-partition scratch files
-//! (partition = hash of the user key) and counts item and category occurrences.
+//! (partition = hash of the user key), interning item and category keys to thread-local ids
+//! and counting them.
 //!
 //! A spilled record is
-//! `u16 user_len, user, u16 item_len, item, u16 cat_len (0xFFFF = none), cat, i64 ts_ms,
-//! u16 action, u64 seq, f32 dwell (NaN = none), f32 × n_numeric`, little-endian.
+//! `u16 user_len, user, u8 thread, u32 item (thread-local id), u32 category (thread-local id,
+//! u32::MAX = none), i64 ts_ms, u16 action, u64 seq, f32 dwell (NaN = none), f32 × n_numeric`,
+//! little-endian. [`Interner::merge`] turns the thread-local ids into dataset-wide ones.
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -55,9 +58,20 @@ impl ActionRegistry {
     }
 }
 
+/// One partition's records: in memory while the budget lasts, then appended to a scratch
+/// file. Record order does not matter (pass 2 sorts by user, time and input order).
+#[derive(Debug, Default)]
+pub(crate) struct PartStore {
+    mem: Vec<u8>,
+    file: Option<File>,
+}
+
 /// State shared by all parser threads.
 pub(crate) struct SpillShared {
-    pub files: Vec<Mutex<File>>,
+    parts: Vec<Mutex<PartStore>>,
+    dir: std::path::PathBuf,
+    mem_used: AtomicUsize,
+    mem_budget: usize,
     pub actions: Mutex<ActionRegistry>,
     pub aliases: std::collections::BTreeMap<String, String>,
     pub default_action: String,
@@ -69,27 +83,68 @@ impl SpillShared {
     pub fn create(
         dir: &std::path::Path,
         partitions: usize,
+        mem_budget: usize,
         aliases: std::collections::BTreeMap<String, String>,
         default_action: String,
         n_numeric: usize,
         file_names: Vec<String>,
     ) -> Result<Self> {
-        let files = (0..partitions)
-            .map(|p| {
-                let path = partition_path(dir, p);
-                File::create(&path)
-                    .map(Mutex::new)
-                    .map_err(|e| Error::io(path.display(), e))
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(SpillShared {
-            files,
+            parts: (0..partitions)
+                .map(|_| Mutex::new(PartStore::default()))
+                .collect(),
+            dir: dir.to_path_buf(),
+            mem_used: AtomicUsize::new(0),
+            mem_budget,
             actions: Mutex::new(ActionRegistry::default()),
             aliases,
             default_action,
             n_numeric,
             file_names,
         })
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Appends a block of records to partition `p`.
+    fn append(&self, p: usize, data: &[u8]) -> std::io::Result<()> {
+        let mut part = self.parts[p]
+            .lock()
+            .map_err(|_| std::io::Error::other("a parser thread panicked"))?;
+        let used = self.mem_used.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+        if used <= self.mem_budget {
+            part.mem.extend_from_slice(data);
+            return Ok(());
+        }
+        self.mem_used.fetch_sub(data.len(), Ordering::Relaxed);
+        if part.file.is_none() {
+            part.file = Some(File::create(partition_path(&self.dir, p))?);
+        }
+        match part.file.as_mut() {
+            Some(f) => f.write_all(data),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes all of partition `p`'s records (scratch file first, then memory).
+    pub fn take(&self, p: usize) -> Result<Vec<u8>> {
+        let path = partition_path(&self.dir, p);
+        let mut part = self.parts[p]
+            .lock()
+            .map_err(|_| Error::Internal("a parser thread panicked"))?;
+        let mem = std::mem::take(&mut part.mem);
+        self.mem_used.fetch_sub(mem.len(), Ordering::Relaxed);
+        let Some(file) = part.file.take() else {
+            return Ok(mem);
+        };
+        drop(file);
+        let mut buf = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+        let _ = std::fs::remove_file(&path);
+        buf.extend_from_slice(&mem);
+        Ok(buf)
     }
 
     fn canonical(&self, raw: &[u8]) -> String {
@@ -114,8 +169,9 @@ pub(crate) struct SpillSink<'a> {
     shared: &'a SpillShared,
     bufs: Vec<Vec<u8>>,
     flush_at: usize,
-    pub items: FxHashMap<Box<[u8]>, u64>,
-    pub categories: FxHashMap<Box<[u8]>, u64>,
+    pub items: Interner,
+    pub categories: Interner,
+    thread: u8,
     action_cache: FxHashMap<Box<[u8]>, u16>,
     pub events: u64,
     pub min_ts: i64,
@@ -128,13 +184,14 @@ pub(crate) struct SpillSink<'a> {
 }
 
 impl<'a> SpillSink<'a> {
-    pub fn new(shared: &'a SpillShared, flush_at: usize) -> Self {
+    pub fn new(shared: &'a SpillShared, flush_at: usize, thread: u8) -> Self {
         SpillSink {
             shared,
-            bufs: vec![Vec::new(); shared.files.len()],
+            bufs: vec![Vec::new(); shared.partitions()],
             flush_at,
-            items: FxHashMap::default(),
-            categories: FxHashMap::default(),
+            items: Interner::default(),
+            categories: Interner::default(),
+            thread,
             action_cache: FxHashMap::default(),
             events: 0,
             min_ts: i64::MAX,
@@ -150,10 +207,7 @@ impl<'a> SpillSink<'a> {
         if self.bufs[p].is_empty() {
             return;
         }
-        let res = match self.shared.files[p].lock() {
-            Ok(mut f) => f.write_all(&self.bufs[p]),
-            Err(_) => Err(std::io::Error::other("a parser thread panicked")),
-        };
+        let res = self.shared.append(p, &self.bufs[p]);
         if let Err(e) = res
             && self.error.is_none()
         {
@@ -184,12 +238,67 @@ impl<'a> SpillSink<'a> {
     }
 }
 
-fn count(map: &mut FxHashMap<Box<[u8]>, u64>, key: &[u8]) {
-    if let Some(c) = map.get_mut(key) {
-        *c += 1;
-    } else {
-        map.insert(key.into(), 1);
+/// Keys to dense thread-local ids, with occurrence counts.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    index: FxHashMap<Box<[u8]>, u32>,
+    pub counts: Vec<u64>,
+}
+
+impl Interner {
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        if let Some(&id) = self.index.get(key) {
+            self.counts[id as usize] += 1;
+            return id;
+        }
+        let id = self.counts.len() as u32;
+        self.index.insert(key.into(), id);
+        self.counts.push(1);
+        id
     }
+
+    /// Merges the threads' interners: returns every distinct key with its total count, and per
+    /// thread the map from its local ids to indices into that list.
+    pub fn merge(parts: Vec<Interner>) -> Merged {
+        let mut global: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
+        let mut keys = Vec::new();
+        let mut counts: Vec<u64> = Vec::new();
+        let mut remaps = Vec::with_capacity(parts.len());
+        for part in parts {
+            let mut remap = vec![0u32; part.counts.len()];
+            for (key, local) in part.index {
+                let c = part.counts[local as usize];
+                let id = match global.get(&key) {
+                    Some(&id) => id,
+                    None => {
+                        let id = keys.len() as u32;
+                        global.insert(key.clone(), id);
+                        keys.push(key);
+                        counts.push(0);
+                        id
+                    }
+                };
+                counts[id as usize] += c;
+                remap[local as usize] = id;
+            }
+            remaps.push(remap);
+        }
+        Merged {
+            keys,
+            counts,
+            remaps,
+        }
+    }
+}
+
+/// The threads' interners merged.
+pub(crate) struct Merged {
+    /// Every distinct key.
+    pub keys: Vec<Box<[u8]>>,
+    /// Total count per key.
+    pub counts: Vec<u64>,
+    /// Per thread: local id → index into `keys`.
+    pub remaps: Vec<Vec<u32>>,
 }
 
 impl EventSink for SpillSink<'_> {
@@ -209,23 +318,15 @@ impl EventSink for SpillSink<'_> {
         self.dwell_seen |= ev.dwell.is_some();
         self.min_ts = self.min_ts.min(ev.ts_ms);
         self.max_ts = self.max_ts.max(ev.ts_ms);
-        count(&mut self.items, ev.item);
-        if let Some(c) = ev.category {
-            count(&mut self.categories, c);
-        }
+        let item = self.items.intern(ev.item);
+        let cat = ev.category.map_or(u32::MAX, |c| self.categories.intern(c));
         let p = partition_of(ev.user, self.bufs.len());
         let b = &mut self.bufs[p];
         b.extend_from_slice(&(ev.user.len() as u16).to_le_bytes());
         b.extend_from_slice(ev.user);
-        b.extend_from_slice(&(ev.item.len() as u16).to_le_bytes());
-        b.extend_from_slice(ev.item);
-        match ev.category {
-            Some(c) => {
-                b.extend_from_slice(&(c.len() as u16).to_le_bytes());
-                b.extend_from_slice(c);
-            }
-            None => b.extend_from_slice(&u16::MAX.to_le_bytes()),
-        }
+        b.push(self.thread);
+        b.extend_from_slice(&item.to_le_bytes());
+        b.extend_from_slice(&cat.to_le_bytes());
         b.extend_from_slice(&ev.ts_ms.to_le_bytes());
         b.extend_from_slice(&action.to_le_bytes());
         b.extend_from_slice(&pos.seq.to_le_bytes());
@@ -249,13 +350,15 @@ impl EventSink for SpillSink<'_> {
     }
 }
 
-/// A spilled record, decoded in place: byte ranges point into the partition buffer.
+/// A spilled record, decoded; the user key points into the partition buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rec {
     pub user: (u32, u16),
-    pub item: (u32, u16),
-    /// `len == u16::MAX` means no category.
-    pub cat: (u32, u16),
+    pub thread: u8,
+    /// Thread-local item id.
+    pub item: u32,
+    /// Thread-local category id, `u32::MAX` for none.
+    pub cat: u32,
     pub ts: i64,
     pub action: u16,
     pub seq: u64,
@@ -267,10 +370,6 @@ pub(crate) struct Rec {
 impl Rec {
     pub fn bytes(buf: &[u8], r: (u32, u16)) -> &[u8] {
         &buf[r.0 as usize..r.0 as usize + r.1 as usize]
-    }
-
-    pub fn category<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
-        (self.cat.1 != u16::MAX).then(|| Rec::bytes(buf, self.cat))
     }
 
     pub fn numeric(&self, buf: &[u8], k: usize) -> f32 {
@@ -294,44 +393,37 @@ pub(crate) fn decode(buf: &[u8], n_numeric: usize, what: &str) -> Result<Vec<Rec
         location: what.to_string(),
         message: "truncated scratch record".into(),
     };
-    let mut out = Vec::with_capacity(buf.len() / 40);
+    let fixed = 1 + 4 + 4 + 8 + 2 + 8 + 4 + 4 * n_numeric;
+    let mut out = Vec::with_capacity(buf.len() / (fixed + 8));
     let mut o = 0usize;
-    let rd16 =
-        |o: usize| -> Option<u16> { Some(u16::from_le_bytes(buf.get(o..o + 2)?.try_into().ok()?)) };
-    let rd64 = |o: usize| -> Option<[u8; 8]> { buf.get(o..o + 8)?.try_into().ok() };
     while o < buf.len() {
-        let ulen = rd16(o).ok_or_else(corrupt)?;
+        let ulen = u16::from_le_bytes(
+            buf.get(o..o + 2)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?,
+        );
         let user = ((o + 2) as u32, ulen);
         o += 2 + ulen as usize;
-        let ilen = rd16(o).ok_or_else(corrupt)?;
-        let item = ((o + 2) as u32, ilen);
-        o += 2 + ilen as usize;
-        let clen = rd16(o).ok_or_else(corrupt)?;
-        let cat = ((o + 2) as u32, clen);
-        o += 2 + if clen == u16::MAX { 0 } else { clen as usize };
-        let ts = i64::from_le_bytes(rd64(o).ok_or_else(corrupt)?);
-        let action = rd16(o + 8).ok_or_else(corrupt)?;
-        let seq = u64::from_le_bytes(rd64(o + 10).ok_or_else(corrupt)?);
-        let dwell_b: [u8; 4] = buf
-            .get(o + 18..o + 22)
-            .ok_or_else(corrupt)?
-            .try_into()
-            .map_err(|_| corrupt())?;
-        let num = (o + 22) as u32;
-        o += 22 + 4 * n_numeric;
-        if o > buf.len() {
-            return Err(corrupt());
-        }
+        let r = buf.get(o..o + fixed).ok_or_else(corrupt)?;
+        let u32_at = |k: usize| u32::from_le_bytes([r[k], r[k + 1], r[k + 2], r[k + 3]]);
+        let mut b8 = [0u8; 8];
+        b8.copy_from_slice(&r[9..17]);
+        let ts = i64::from_le_bytes(b8);
+        b8.copy_from_slice(&r[19..27]);
+        let seq = u64::from_le_bytes(b8);
         out.push(Rec {
             user,
-            item,
-            cat,
+            thread: r[0],
+            item: u32_at(1),
+            cat: u32_at(5),
             ts,
-            action,
+            action: u16::from_le_bytes([r[17], r[18]]),
             seq,
-            dwell: f32::from_le_bytes(dwell_b),
-            num,
+            dwell: f32::from_bits(u32_at(27)),
+            num: (o + 31) as u32,
         });
+        o += fixed;
     }
     Ok(out)
 }
@@ -339,6 +431,26 @@ pub(crate) fn decode(buf: &[u8], n_numeric: usize, what: &str) -> Result<Vec<Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_sums_counts_across_threads() {
+        let mut a = Interner::default();
+        let mut b = Interner::default();
+        for k in [b"x", b"y", b"x"] {
+            a.intern(k);
+        }
+        for k in [b"y", b"z"] {
+            b.intern(k);
+        }
+        let Merged {
+            keys,
+            counts,
+            remaps,
+        } = Interner::merge(vec![a, b]);
+        let total = |k: &[u8]| counts[keys.iter().position(|x| x.as_ref() == k).unwrap()];
+        assert_eq!((total(b"x"), total(b"y"), total(b"z")), (2, 2, 1));
+        assert_eq!(keys[remaps[0][1] as usize], keys[remaps[1][0] as usize]);
+    }
 
     #[test]
     fn partition_is_stable_and_spread() {
@@ -356,13 +468,14 @@ mod tests {
         let shared = SpillShared::create(
             dir.path(),
             2,
+            0,
             Default::default(),
             "view".into(),
             1,
             vec!["f".into()],
         )
         .unwrap();
-        let mut sink = SpillSink::new(&shared, 1 << 20);
+        let mut sink = SpillSink::new(&shared, 1 << 20, 3);
         let evs = [
             RawEvent {
                 user: b"u1",
@@ -394,14 +507,27 @@ mod tests {
             );
         }
         sink.finish().unwrap();
+        let Merged {
+            keys,
+            counts,
+            remaps,
+        } = Interner::merge(vec![std::mem::take(&mut sink.items)]);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(counts, vec![1, 1]);
+        assert_eq!(keys[remaps[0][1] as usize].as_ref(), b"i2");
         drop(sink);
         let p = partition_of(b"u1", 2);
-        let buf = std::fs::read(partition_path(dir.path(), p)).unwrap();
+        let buf = shared.take(p).unwrap();
+        assert!(
+            !partition_path(dir.path(), p).exists(),
+            "a zero budget spills to disk; take removes the file"
+        );
         let recs = decode(&buf, 1, "t").unwrap();
         assert_eq!(recs.len(), 2);
-        assert_eq!(Rec::bytes(&buf, recs[0].item), b"i1");
-        assert_eq!(recs[0].category(&buf), Some(&b"c"[..]));
-        assert_eq!(recs[1].category(&buf), None);
+        assert_eq!(Rec::bytes(&buf, recs[0].user), b"u1");
+        assert_eq!((recs[0].thread, recs[0].item, recs[1].item), (3, 0, 1));
+        assert_eq!((recs[0].cat, recs[1].cat), (0, u32::MAX));
+        assert_eq!((recs[0].ts, recs[1].seq, recs[0].dwell), (5, 1, 1.5));
         assert_eq!(recs[0].numeric(&buf, 0), 2.0);
         assert!(recs[1].dwell.is_nan());
         let names = &shared.actions.lock().unwrap().names;

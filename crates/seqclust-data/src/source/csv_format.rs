@@ -2,7 +2,7 @@
 
 use csv::ByteRecord;
 
-use super::sink::{EventSink, RawEvent, RowPos, check_key};
+use super::sink::{EventSink, RawEvent, RowPos, check_key_in};
 use super::{Chunk, ColumnMap, ColumnRef, ParseCtx};
 use crate::error::{Error, Result};
 use crate::event::{TimestampError, parse_f32_field, parse_timestamp};
@@ -240,14 +240,82 @@ impl CsvFile {
         ctx: &ParseCtx,
         sink: &mut dyn EventSink,
     ) {
+        // one validation of the whole chunk instead of one per field
+        let utf8 = std::str::from_utf8(data).is_ok();
+        let mut st = RowState {
+            numeric: vec![f32::NAN; self.numeric.len()],
+            ranges: Vec::with_capacity(16),
+            utf8,
+        };
+        let quoted = self
+            .spec
+            .quote
+            .is_some_and(|q| memchr::memchr(q, data).is_some());
+        if quoted {
+            self.parse_quoted(data, chunk, ctx, sink, &mut st);
+        } else {
+            self.parse_plain(data, chunk, ctx, sink, &mut st);
+        }
+    }
+
+    /// No quote character in the chunk: split lines and fields with memchr.
+    fn parse_plain(
+        &self,
+        data: &[u8],
+        chunk: &Chunk,
+        ctx: &ParseCtx,
+        sink: &mut dyn EventSink,
+        st: &mut RowState,
+    ) {
+        let d = self.spec.delimiter;
+        let mut row: u64 = 0;
+        let mut line_start = 0usize;
+        let mut line_no = chunk.first_line;
+        while line_start < data.len() {
+            let end =
+                memchr::memchr(b'\n', &data[line_start..]).map_or(data.len(), |i| line_start + i);
+            let mut line = &data[line_start..end];
+            if let [rest @ .., b'\r'] = line {
+                line = rest;
+            }
+            if !line.is_empty() {
+                st.ranges.clear();
+                let mut f0 = 0usize;
+                for i in memchr::memchr_iter(d, line) {
+                    st.ranges.push((f0 as u32, i as u32));
+                    f0 = i + 1;
+                }
+                st.ranges.push((f0 as u32, line.len() as u32));
+                let pos = RowPos {
+                    file: chunk.file,
+                    line: line_no,
+                    seq: chunk.seq(row),
+                };
+                row += 1;
+                self.record(line, pos, ctx, sink, st);
+            }
+            line_start = end + 1;
+            line_no += 1;
+        }
+    }
+
+    /// Quoted fields possible: the csv crate's RFC 4180 parser.
+    fn parse_quoted(
+        &self,
+        data: &[u8],
+        chunk: &Chunk,
+        ctx: &ParseCtx,
+        sink: &mut dyn EventSink,
+        st: &mut RowState,
+    ) {
         let mut rdr = self.spec.reader_builder().from_reader(data);
         let mut rec = ByteRecord::new();
-        let mut numeric = vec![f32::NAN; self.numeric.len()];
         let mut row: u64 = 0;
         loop {
             let line_in_chunk = rdr.position().line();
-            let ok = match rdr.read_byte_record(&mut rec) {
-                Ok(ok) => ok,
+            match rdr.read_byte_record(&mut rec) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     let pos = RowPos {
                         file: chunk.file,
@@ -258,9 +326,6 @@ impl CsvFile {
                     row += 1;
                     continue;
                 }
-            };
-            if !ok {
-                break;
             }
             let line = rec.position().map_or(line_in_chunk, |p| p.line());
             let pos = RowPos {
@@ -269,102 +334,101 @@ impl CsvFile {
                 seq: chunk.seq(row),
             };
             row += 1;
-            let n = rec.len();
-            if n < self.min_fields || self.expected_fields.is_some_and(|e| e != n) {
-                let text = rec.as_slice();
-                sink.bad(BadReason::WrongFieldCount, pos, "row", text);
-                continue;
-            }
-            let field = |i: usize| rec.get(i).unwrap_or_default();
-            let user = match check_key(field(self.user), BadReason::EmptyUser) {
-                Ok(v) => v,
-                Err(r) => {
-                    sink.bad(r, pos, "user", field(self.user));
-                    continue;
-                }
-            };
-            let item = match check_key(field(self.item), BadReason::EmptyItem) {
-                Ok(v) => v,
-                Err(r) => {
-                    sink.bad(r, pos, "item", field(self.item));
-                    continue;
-                }
-            };
-            let ts_ms = match parse_timestamp(field(self.timestamp), ctx.ts_format, ctx.bounds) {
-                Ok(t) => t,
-                Err(e) => {
-                    let r = match e {
-                        TimestampError::Unparsable => BadReason::BadTimestamp,
-                        TimestampError::Absurd => BadReason::AbsurdTimestamp,
-                    };
-                    sink.bad(r, pos, "timestamp", field(self.timestamp));
-                    continue;
-                }
-            };
-            let action: &[u8] = match self.action {
-                Some(i) => match check_key(field(i), BadReason::EmptyAction) {
-                    Ok(v) => v,
-                    Err(r) => {
-                        sink.bad(r, pos, "action", field(i));
-                        continue;
-                    }
-                },
-                None => b"",
-            };
-            let category = match self.category.map(field).map(<[u8]>::trim_ascii) {
-                None | Some(b"") => None,
-                Some(c) => match check_key(c, BadReason::Malformed) {
-                    Ok(v) => Some(v),
-                    Err(r) => {
-                        sink.bad(r, pos, "category", c);
-                        continue;
-                    }
-                },
-            };
-            let dwell = match self.dwell.map(|i| parse_f32_field(field(i))) {
-                None => None,
-                Some(Ok(v)) => v,
-                Some(Err(())) => {
-                    sink.bad(
-                        BadReason::BadNumber,
-                        pos,
-                        "dwell",
-                        field(self.dwell.unwrap_or(0)),
-                    );
-                    continue;
-                }
-            };
-            let mut bad_numeric = None;
-            for (k, &i) in self.numeric.iter().enumerate() {
-                match parse_f32_field(field(i)) {
-                    Ok(v) => numeric[k] = v.unwrap_or(f32::NAN),
-                    Err(()) => {
-                        bad_numeric = Some(k);
-                        break;
-                    }
-                }
-            }
-            if let Some(k) = bad_numeric {
-                sink.bad(
-                    BadReason::BadNumber,
-                    pos,
-                    &self.numeric_labels[k],
-                    field(self.numeric[k]),
-                );
-                continue;
-            }
-            sink.event(
-                &RawEvent {
-                    user,
-                    item,
-                    ts_ms,
-                    action,
-                    category,
-                    dwell,
-                    numeric: &numeric,
-                },
-                pos,
+            st.ranges.clear();
+            st.ranges.extend(
+                (0..rec.len())
+                    .filter_map(|i| rec.range(i))
+                    .map(|r| (r.start as u32, r.end as u32)),
             );
+            self.record(rec.as_slice(), pos, ctx, sink, st);
         }
     }
+
+    /// Validates one record (fields are `st.ranges` into `raw`) and hands it to the sink.
+    fn record(
+        &self,
+        raw: &[u8],
+        pos: RowPos,
+        ctx: &ParseCtx,
+        sink: &mut dyn EventSink,
+        st: &mut RowState,
+    ) {
+        let n = st.ranges.len();
+        if n < self.min_fields || self.expected_fields.is_some_and(|e| e != n) {
+            sink.bad(BadReason::WrongFieldCount, pos, "row", raw);
+            return;
+        }
+        let ranges = &st.ranges;
+        let field = |i: usize| {
+            let (a, b) = ranges[i];
+            &raw[a as usize..b as usize]
+        };
+        let utf8 = st.utf8;
+        let user = match check_key_in(field(self.user), BadReason::EmptyUser, utf8) {
+            Ok(v) => v,
+            Err(r) => return sink.bad(r, pos, "user", field(self.user)),
+        };
+        let item = match check_key_in(field(self.item), BadReason::EmptyItem, utf8) {
+            Ok(v) => v,
+            Err(r) => return sink.bad(r, pos, "item", field(self.item)),
+        };
+        let ts_ms = match parse_timestamp(field(self.timestamp), ctx.ts_format, ctx.bounds) {
+            Ok(t) => t,
+            Err(e) => {
+                let r = match e {
+                    TimestampError::Unparsable => BadReason::BadTimestamp,
+                    TimestampError::Absurd => BadReason::AbsurdTimestamp,
+                };
+                return sink.bad(r, pos, "timestamp", field(self.timestamp));
+            }
+        };
+        let action: &[u8] = match self.action {
+            Some(i) => match check_key_in(field(i), BadReason::EmptyAction, utf8) {
+                Ok(v) => v,
+                Err(r) => return sink.bad(r, pos, "action", field(i)),
+            },
+            None => b"",
+        };
+        let category = match self.category.map(field).map(<[u8]>::trim_ascii) {
+            None | Some(b"") => None,
+            Some(c) => match check_key_in(c, BadReason::Malformed, utf8) {
+                Ok(v) => Some(v),
+                Err(r) => return sink.bad(r, pos, "category", c),
+            },
+        };
+        let dwell = match self.dwell {
+            None => None,
+            Some(i) => match parse_f32_field(field(i)) {
+                Ok(v) => v,
+                Err(()) => return sink.bad(BadReason::BadNumber, pos, "dwell", field(i)),
+            },
+        };
+        for (k, &i) in self.numeric.iter().enumerate() {
+            match parse_f32_field(field(i)) {
+                Ok(v) => st.numeric[k] = v.unwrap_or(f32::NAN),
+                Err(()) => {
+                    return sink.bad(BadReason::BadNumber, pos, &self.numeric_labels[k], field(i));
+                }
+            }
+        }
+        sink.event(
+            &RawEvent {
+                user,
+                item,
+                ts_ms,
+                action,
+                category,
+                dwell,
+                numeric: &st.numeric,
+            },
+            pos,
+        );
+    }
+}
+
+/// Per-chunk scratch space.
+struct RowState {
+    numeric: Vec<f32>,
+    ranges: Vec<(u32, u32)>,
+    utf8: bool,
 }

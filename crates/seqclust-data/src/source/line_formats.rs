@@ -1,7 +1,7 @@
 //! Line-oriented presets whose rows are not one event each: Amazon S3-Rec sequence files
 //! (one user per line), JD micro-behaviour sessions (one session per line) and DIGINETICA views.
 
-use super::sink::{EventSink, RawEvent, RowPos, check_key};
+use super::sink::{EventSink, RawEvent, RowPos, check_key_in};
 use super::{Chunk, LineKind, ParseCtx};
 use crate::event::{TimeBounds, TimestampFormat, parse_f32_field, parse_i64, parse_timestamp};
 use crate::quarantine::BadReason;
@@ -23,15 +23,16 @@ pub(crate) fn parse_chunk(
     ctx: &ParseCtx,
     sink: &mut dyn EventSink,
 ) {
+    let utf8 = std::str::from_utf8(data).is_ok();
     match kind {
-        LineKind::Amazon => amazon(data, chunk, sink),
-        LineKind::Jd => jd(stem, data, chunk, sink),
-        LineKind::Diginetica => diginetica(data, chunk, ctx, sink),
+        LineKind::Amazon => amazon(data, chunk, sink, utf8),
+        LineKind::Jd => jd(stem, data, chunk, sink, utf8),
+        LineKind::Diginetica => diginetica(data, chunk, ctx, sink, utf8),
     }
 }
 
 /// `user item item …`: items in chronological order; the position is the (ordinal) time.
-fn amazon(data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
+fn amazon(data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink, utf8: bool) {
     let mut seq_no: u64 = 0;
     for (i, line) in lines(data) {
         let line_no = chunk.first_line + i;
@@ -46,7 +47,7 @@ fn amazon(data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
             line: line_no,
             seq: chunk.seq(seq_no),
         };
-        let user = match check_key(user_raw, BadReason::EmptyUser) {
+        let user = match check_key_in(user_raw, BadReason::EmptyUser, utf8) {
             Ok(u) => u,
             Err(r) => {
                 sink.bad(r, pos0, "user", user_raw);
@@ -63,7 +64,7 @@ fn amazon(data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
             };
             seq_no += 1;
             n += 1;
-            match check_key(item_raw, BadReason::EmptyItem) {
+            match check_key_in(item_raw, BadReason::EmptyItem, utf8) {
                 Ok(item) => sink.event(
                     &RawEvent {
                         user,
@@ -88,7 +89,7 @@ fn amazon(data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
 
 /// `sku+type+category+interval+dwell …`: one session per line, keyed `<file stem>:<line>`.
 /// Time starts at 0 and advances by each event's interval (seconds to the next event).
-fn jd(stem: &str, data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
+fn jd(stem: &str, data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink, utf8: bool) {
     let mut seq_no: u64 = 0;
     let mut user = String::new();
     for (i, line) in lines(data) {
@@ -110,7 +111,7 @@ fn jd(stem: &str, data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
                 sink.bad(BadReason::WrongFieldCount, pos, "event", token);
                 continue;
             }
-            let item = match check_key(parts[0], BadReason::EmptyItem) {
+            let item = match check_key_in(parts[0], BadReason::EmptyItem, utf8) {
                 Ok(v) => v,
                 Err(r) => {
                     sink.bad(r, pos, "sku", token);
@@ -124,7 +125,7 @@ fn jd(stem: &str, data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
                     continue;
                 }
             };
-            let category = match check_key(parts[2], BadReason::Malformed) {
+            let category = match check_key_in(parts[2], BadReason::Malformed, utf8) {
                 Ok(v) => v,
                 Err(r) => {
                     sink.bad(r, pos, "category", token);
@@ -160,7 +161,7 @@ fn jd(stem: &str, data: &[u8], chunk: &Chunk, sink: &mut dyn EventSink) {
 
 /// `session_id;user_id;item_id;timeframe;eventdate`. Anonymous sessions (`NA`) become users
 /// `session:<id>`; the time is the event date plus the timeframe offset in milliseconds.
-fn diginetica(data: &[u8], chunk: &Chunk, ctx: &ParseCtx, sink: &mut dyn EventSink) {
+fn diginetica(data: &[u8], chunk: &Chunk, ctx: &ParseCtx, sink: &mut dyn EventSink, utf8: bool) {
     let day_bounds = TimeBounds {
         min_ms: i64::MIN,
         max_ms: i64::MAX,
@@ -179,7 +180,7 @@ fn diginetica(data: &[u8], chunk: &Chunk, ctx: &ParseCtx, sink: &mut dyn EventSi
         }
         let user = match f[1].trim_ascii() {
             b"" | b"NA" => {
-                let session = match check_key(f[0], BadReason::EmptyUser) {
+                let session = match check_key_in(f[0], BadReason::EmptyUser, utf8) {
                     Ok(s) => s,
                     Err(r) => {
                         sink.bad(r, pos, "session_id", f[0]);
@@ -191,7 +192,7 @@ fn diginetica(data: &[u8], chunk: &Chunk, ctx: &ParseCtx, sink: &mut dyn EventSi
                 user_buf.extend_from_slice(session);
                 &user_buf[..]
             }
-            u => match check_key(u, BadReason::EmptyUser) {
+            u => match check_key_in(u, BadReason::EmptyUser, utf8) {
                 Ok(u) => u,
                 Err(r) => {
                     sink.bad(r, pos, "user_id", f[1]);
@@ -199,7 +200,7 @@ fn diginetica(data: &[u8], chunk: &Chunk, ctx: &ParseCtx, sink: &mut dyn EventSi
                 }
             },
         };
-        let item = match check_key(f[2], BadReason::EmptyItem) {
+        let item = match check_key_in(f[2], BadReason::EmptyItem, utf8) {
             Ok(v) => v,
             Err(r) => {
                 sink.bad(r, pos, "item_id", f[2]);

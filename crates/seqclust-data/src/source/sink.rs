@@ -38,6 +38,16 @@ pub(crate) const MAX_FIELD_BYTES: usize = u16::MAX as usize - 1;
 
 /// Checks a key field: non-empty (after trimming), valid UTF-8, not too long.
 pub(crate) fn check_key(raw: &[u8], empty: BadReason) -> Result<&[u8], BadReason> {
+    check_key_in(raw, empty, false)
+}
+
+/// [`check_key`] for a field of a buffer already known to be valid UTF-8 (`utf8_ok`), which
+/// skips the per-field validation. Trimming ASCII whitespace keeps a valid slice valid.
+pub(crate) fn check_key_in(
+    raw: &[u8],
+    empty: BadReason,
+    utf8_ok: bool,
+) -> Result<&[u8], BadReason> {
     let v = raw.trim_ascii();
     if v.is_empty() {
         return Err(empty);
@@ -45,7 +55,7 @@ pub(crate) fn check_key(raw: &[u8], empty: BadReason) -> Result<&[u8], BadReason
     if v.len() > MAX_FIELD_BYTES {
         return Err(BadReason::FieldTooLong);
     }
-    if std::str::from_utf8(v).is_err() {
+    if !utf8_ok && std::str::from_utf8(v).is_err() {
         return Err(BadReason::InvalidUtf8);
     }
     Ok(v)

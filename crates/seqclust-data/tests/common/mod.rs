@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // helpers: not every test uses each; tests fail loudly
 
 use std::path::PathBuf;
 
