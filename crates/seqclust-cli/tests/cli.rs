@@ -160,15 +160,34 @@ fn every_example_config_loads() {
     assert!(n >= 3);
 }
 
+/// `../shared/data` beside the repository, or `SEQCLUST_SHARED_DATA`.
+fn shared_data() -> std::path::PathBuf {
+    let p = std::env::var_os("SEQCLUST_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    assert!(
+        p.is_dir(),
+        "the shared datasets are missing at {} (set SEQCLUST_SHARED_DATA)",
+        p.display()
+    );
+    p
+}
+
 #[test]
 fn taobao_example_config_runs() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    // the example names the data relative to a checkout beside ../shared; point it at
+    // wherever the shared data is here
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ingest-taobao.toml");
+    let text = std::fs::read_to_string(example).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let data = shared_data().display().to_string();
+    let cfg = dir.path().join("taobao.toml");
+    std::fs::write(&cfg, text.replace("../../shared/data", &data)).unwrap();
     let out = ok(&seqclust(
         &[
             "ingest",
             "--config",
-            &examples.join("ingest-taobao.toml").display().to_string(),
+            &cfg.display().to_string(),
             "--root",
             &dir.path().display().to_string(),
             "--json",
