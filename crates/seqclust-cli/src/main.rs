@@ -1,6 +1,7 @@
 //! The `seqclust` command: generate, ingest and inspect behaviour-sequence datasets.
 
 mod bench;
+mod cmd_cluster;
 mod cmd_dataset;
 mod cmd_gen;
 mod cmd_ingest;
@@ -29,6 +30,8 @@ enum Cmd {
     Ingest(Box<cmd_ingest::IngestArgs>),
     /// Inspect committed datasets.
     Dataset(cmd_dataset::DatasetArgs),
+    /// Cluster an embeddings file with k-means, Ward or spectral clustering.
+    Cluster(Box<cmd_cluster::ClusterArgs>),
     /// Benchmarks (JSON lines in the reference peers' format).
     Bench(bench::BenchArgs),
 }
@@ -67,6 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Gen(a) => cmd_gen::run(a),
         Cmd::Ingest(a) => cmd_ingest::run(*a, &rt),
         Cmd::Dataset(a) => cmd_dataset::run(a, &rt),
+        Cmd::Cluster(a) => cmd_cluster::run(*a),
         Cmd::Bench(a) => bench::run(a),
     }
 }

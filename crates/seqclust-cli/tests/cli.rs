@@ -219,3 +219,173 @@ fn bench_ingest_smoke() {
     assert!(line["results"][0]["events_per_s"].as_f64().unwrap() > 0.0);
     assert!(line["results"][0]["peak_rss_mib"].as_f64().unwrap() > 1.0);
 }
+
+fn write_blobs(path: &Path) -> Vec<u64> {
+    // 32 dimensions: centres from N(0, I) are ~8 apart, σ ≈ 1, so the blobs are separable
+    let (x, labels) = seqclust_data::embeddings::gaussian_mixture(3000, 32, 6, 5);
+    seqclust_data::embeddings::write_npy_f32(path, &x, 3000, 32).unwrap();
+    labels
+}
+
+#[test]
+fn cluster_embeddings_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let labels = write_blobs(&d.join("e.npy"));
+    let lab: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
+    seqclust_data::embeddings::write_npy_u32(&d.join("truth.npy"), &lab).unwrap();
+    let out = ok(&seqclust(
+        &[
+            "cluster",
+            "e.npy",
+            "--k",
+            "6",
+            "--out",
+            "run1",
+            "--labels",
+            "truth.npy",
+            "--hierarchy",
+            "--json",
+        ],
+        d,
+    ));
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["quality"]["non_empty"], 6);
+    assert!(
+        m["against_labels"]["ari"].as_f64().unwrap() > 0.9,
+        "{}",
+        m["against_labels"]
+    );
+    assert_eq!(m["hierarchy"]["merges"].as_array().unwrap().len(), 5);
+    for f in ["centroids.npy", "assignments.parquet", "model.json"] {
+        assert!(d.join("run1").join(f).exists(), "{f}");
+    }
+    let c = seqclust_data::embeddings::read_embeddings(&d.join("run1/centroids.npy"), None, false)
+        .unwrap();
+    assert_eq!((c.n, c.d), (6, 32));
+    // a second run keeps the first run's ids
+    let out = ok(&seqclust(
+        &[
+            "cluster",
+            "e.npy",
+            "--k",
+            "6",
+            "--seed",
+            "9",
+            "--out",
+            "run2",
+            "--previous",
+            "run1/centroids.npy",
+            "--json",
+        ],
+        d,
+    ));
+    let m2: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<u64> = m2["stable_ids"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+    // k search, mini-batch, Ward and spectral
+    let out = ok(&seqclust(
+        &[
+            "cluster",
+            "e.npy",
+            "--choose-k",
+            "3:9:3",
+            "--out",
+            "run3",
+            "--json",
+        ],
+        d,
+    ));
+    let m3: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m3["choose_k"]["rows"].as_array().unwrap().len(), 3);
+    // spectral clustering is for small n: a 600-point file
+    let (x, small_labels) = seqclust_data::embeddings::gaussian_mixture(600, 32, 6, 5);
+    seqclust_data::embeddings::write_npy_f32(&d.join("small.npy"), &x, 600, 32).unwrap();
+    let sl: Vec<u32> = small_labels.iter().map(|&v| v as u32).collect();
+    seqclust_data::embeddings::write_npy_u32(&d.join("small_truth.npy"), &sl).unwrap();
+    for (algo, file, truth) in [
+        ("minibatch", "e.npy", "truth.npy"),
+        ("ward", "e.npy", "truth.npy"),
+        ("spectral", "small.npy", "small_truth.npy"),
+    ] {
+        let out = ok(&seqclust(
+            &[
+                "cluster",
+                file,
+                "--k",
+                "6",
+                "--algorithm",
+                algo,
+                "--out",
+                algo,
+                "--labels",
+                truth,
+                "--json",
+                // mini-batch with batches small next to n, as one would run it on 3000 points
+                "--batch-size",
+                "256",
+                "--epochs",
+                "20",
+            ],
+            d,
+        ));
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            m["against_labels"]["ari"].as_f64().unwrap() > 0.8,
+            "{algo}: {}",
+            m["against_labels"]
+        );
+    }
+}
+
+#[test]
+fn cluster_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut x = vec![0.5f32; 40];
+    x[13] = f32::NAN;
+    seqclust_data::embeddings::write_npy_f32(&d.join("nan.npy"), &x, 10, 4).unwrap();
+    let o = seqclust(&["cluster", "nan.npy", "--k", "2", "--out", "o"], d);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("row 3") && err.contains("nan.npy"),
+        "{err}"
+    );
+    seqclust_data::embeddings::write_npy_f32(&d.join("few.npy"), &[1.0, 2.0, 3.0], 3, 1).unwrap();
+    let o = seqclust(&["cluster", "few.npy", "--k", "5", "--out", "o"], d);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("need n >= k"));
+    let o = seqclust(&["cluster", "missing.npy", "--k", "5", "--out", "o"], d);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.npy"));
+}
+
+#[test]
+fn bench_kmeans_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    // no peers' files in this directory: the bench falls back to its own mixture
+    let out = ok(&seqclust(
+        &[
+            "bench",
+            "kmeans",
+            "--quick",
+            "--only",
+            "assign100,lloyd100_par",
+            "--data-dir",
+            &dir.path().display().to_string(),
+        ],
+        dir.path(),
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["script"], "kmeans_rust");
+    assert!(lines[1]["results"][0]["ari"].as_f64().unwrap() > 0.5);
+}

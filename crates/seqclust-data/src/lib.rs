@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod dataset;
+pub mod embeddings;
 pub mod error;
 pub mod event;
 pub mod generator;

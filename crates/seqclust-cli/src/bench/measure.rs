@@ -127,3 +127,52 @@ pub fn run(mut cmd: Command) -> Result<Measured> {
         stdout,
     })
 }
+
+/// Load figures for work done in this process: the background share is the machine's busy
+/// time minus this process's own CPU time.
+pub struct Probe {
+    load: [f64; 3],
+    busy: f64,
+    total: f64,
+    own: f64,
+    t: Instant,
+}
+
+fn own_cpu() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+impl Probe {
+    /// Starts measuring.
+    pub fn start() -> Probe {
+        let (busy, total) = cpu_times();
+        Probe {
+            load: loadavg(),
+            busy,
+            total,
+            own: own_cpu(),
+            t: Instant::now(),
+        }
+    }
+
+    /// The load figures of the measured interval.
+    pub fn finish(&self) -> Load {
+        let (busy, total) = cpu_times();
+        let own = own_cpu() - self.own;
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let wall = self.t.elapsed().as_secs_f64();
+        let bg =
+            ((busy - self.busy) - own).max(0.0) / (total - self.total).max(wall * ncpu).max(1e-9);
+        Load {
+            loadavg_start: self.load,
+            background_cpu_frac: (bg * 1000.0).round() / 1000.0,
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! `seqclust bench`: benchmarks that print JSON lines in the reference peers' result format.
 
 mod ingest;
+mod kmeans;
 mod measure;
 
 use anyhow::Result;
@@ -17,10 +18,13 @@ pub struct BenchArgs {
 enum Which {
     /// `seqclust gen` → `seqclust ingest` throughput and peak memory, optionally against polars.
     Ingest(ingest::IngestBench),
+    /// k-means kernel, Lloyd and mini-batch on the reference peers' data file.
+    Kmeans(kmeans::KMeansBench),
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.which {
         Which::Ingest(b) => ingest::run(b),
+        Which::Kmeans(b) => kmeans::run(b),
     }
 }
