@@ -37,6 +37,10 @@ pub struct KMeansBench {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Number of the first round's tag (to interleave with peer runs: --rounds 1
+    /// --first-round 2 tags round2).
+    #[arg(long, default_value_t = 1)]
+    first_round: usize,
     /// Initialisation seed (the peers use 1234).
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -130,7 +134,7 @@ fn run_in_pool(a: &KMeansBench) -> Result<()> {
     };
     let isa = format!("{:?}", seqclust_kmeans::Isa::detect()).to_lowercase();
     let args = json!({"n": data.n, "d": data.d, "centres": 100, "seed": 42, "threads": a.threads, "data": data.source});
-    for round in 1..=a.rounds {
+    for round in a.first_round..a.first_round + a.rounds {
         let tag = format!("round{round}");
         // the kernel alone: one assignment pass over all points
         for k in [100usize, 1000] {
@@ -204,9 +208,11 @@ fn run_in_pool(a: &KMeansBench) -> Result<()> {
                 Init::KMeansPlusPlus => "k-means++",
                 Init::KMeansParallel { .. } => "k-means||",
             };
-            let impl_name = match algorithm {
-                Algorithm::Lloyd => "seqclust.KMeans(lloyd)",
-                Algorithm::MiniBatch => "seqclust.MiniBatchKMeans",
+            // make_table.py keys rows by impl, not init: name the init in the impl
+            let impl_name = match (algorithm, init) {
+                (Algorithm::Lloyd, Init::Random) => "seqclust.KMeans(lloyd)",
+                (Algorithm::Lloyd, _) => "seqclust.KMeans(lloyd, k-means||)",
+                (Algorithm::MiniBatch, _) => "seqclust.MiniBatchKMeans",
             };
             emit(
                 json!({"script": "kmeans_rust", "tag": tag, "args": args, "results": [{
@@ -214,7 +220,7 @@ fn run_in_pool(a: &KMeansBench) -> Result<()> {
                     "fit_s": model.fit_seconds, "init_s": model.init_seconds, "per_iter_s": per_iter,
                     "assign_gflops": 2.0 * (model.n_train * k * data.d) as f64 * model.passes / pass_time / 1e9,
                     "inertia_per_point": inertia, "ari": ari, "nmi": nmi,
-                    "params": {"init": init_name, "kernel": isa, "batch": if algorithm == Algorithm::MiniBatch { json!(cfg.batch_size) } else { json!(null) }, "init_sample": cfg.init_sample},
+                    "params": {"init": init_name, "kernel": isa, "max_iter_epochs": budget, "batch": if algorithm == Algorithm::MiniBatch { json!(cfg.batch_size) } else { json!(null) }, "init_sample": cfg.init_sample},
                     "load": load,
                 }]}),
                 a.out.as_deref(),
