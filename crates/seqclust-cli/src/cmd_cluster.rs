@@ -72,7 +72,9 @@ pub struct ClusterArgs {
     /// Points --choose-k looks at (a uniform sample).
     #[arg(long, default_value_t = 50_000)]
     choose_k_sample: usize,
-    /// A previous run's centroids.npy: clusters keep the ids of their matches.
+    /// A previous run's centroids.npy: clusters keep the ids of their matches. When that
+    /// run's assignments.parquet is beside it, the share of users (or rows) whose cluster
+    /// changed is reported as the moved mass.
     #[arg(long)]
     previous: Option<PathBuf>,
     /// Also build a Ward hierarchy over the centroids (weighted by cluster size).
@@ -218,6 +220,34 @@ fn run_in_pool(a: ClusterArgs) -> Result<()> {
         report["stable_ids"] = serde_json::to_value(&m)?;
     }
     let labels: Vec<u32> = asg.iter().map(|x| ids[x.cluster as usize]).collect();
+    if let Some(prev) = &a.previous {
+        let prev_asg = prev.with_file_name("assignments.parquet");
+        if prev_asg.exists() {
+            let (prev_ids, prev_labels) = seqclust_data::embeddings::read_assignments(&prev_asg)?;
+            let current_ids: Vec<String> = match &emb.ids {
+                Some(ids) => ids.clone(),
+                None => (0..labels.len()).map(|i| i.to_string()).collect(),
+            };
+            let index: std::collections::HashMap<&str, u32> = prev_ids
+                .iter()
+                .map(String::as_str)
+                .zip(prev_labels.iter().copied())
+                .collect();
+            let (mut both, mut moved) = (0usize, 0usize);
+            for (id, &l) in current_ids.iter().zip(&labels) {
+                if let Some(&p) = index.get(id.as_str()) {
+                    both += 1;
+                    moved += usize::from(p != l);
+                }
+            }
+            report["stable_ids"]["moved_mass"] = json!(if both == 0 {
+                0.0
+            } else {
+                moved as f64 / both as f64
+            });
+            report["stable_ids"]["compared"] = json!(both);
+        }
+    }
     if let Some(lp) = &a.labels {
         let truth = read_labels(lp)?;
         if truth.len() != labels.len() {

@@ -290,6 +290,13 @@ fn cluster_embeddings_end_to_end() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+    // the same clusters found again: almost no point changes its stable id
+    assert_eq!(m2["stable_ids"]["compared"], 3000);
+    assert!(
+        m2["stable_ids"]["moved_mass"].as_f64().unwrap() < 0.05,
+        "{}",
+        m2["stable_ids"]
+    );
     // k search, mini-batch, Ward and spectral
     let out = ok(&seqclust(
         &[

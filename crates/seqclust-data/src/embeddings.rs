@@ -499,6 +499,49 @@ pub fn gaussian_mixture(n: usize, d: usize, centres: usize, seed: u64) -> (Vec<f
     (x, labels)
 }
 
+/// Reads the `user` (or `row`) and `cluster` columns of an assignments file written by
+/// [`write_assignments`].
+pub fn read_assignments(path: &Path) -> Result<(Vec<String>, Vec<u32>)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt32Type;
+    use arrow_schema::DataType;
+    let bytes = read_file(path)?;
+    let perr = |source| Error::Parquet {
+        path: path.display().to_string(),
+        source,
+    };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .map_err(perr)?
+    .build()
+    .map_err(perr)?;
+    let (mut ids, mut clusters) = (Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch.map_err(|source| Error::Arrow {
+            context: path.display().to_string(),
+            source,
+        })?;
+        let key = batch
+            .column_by_name("user")
+            .or_else(|| batch.column_by_name("row"))
+            .ok_or_else(|| bad(path, "no user or row column"))?;
+        let key = arrow_cast::cast(key, &DataType::Utf8).map_err(|source| Error::Arrow {
+            context: path.display().to_string(),
+            source,
+        })?;
+        let c = batch
+            .column_by_name("cluster")
+            .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+            .ok_or_else(|| bad(path, "no u32 cluster column"))?;
+        let k = key.as_string::<i32>();
+        ids.extend((0..k.len()).map(|i| k.value(i).to_string()));
+        clusters.extend(c.values().iter().copied());
+    }
+    Ok((ids, clusters))
+}
+
 /// Writes a raw little-endian f32 matrix with no header (for tools that mmap it).
 pub fn write_raw_f32(path: &Path, data: &[f32]) -> Result<()> {
     let io = |e| Error::io(path.display(), e);

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 /// Errors raised while reading events, building or reading a dataset.
 ///
 /// Messages name the file, line, column or field involved so that a user can act on them
-/// without reading the source.
+/// without reading the code. The underlying cause is not repeated in the message: it is the
+/// error's [`source`](std::error::Error::source), which `anyhow`'s `{:#}` prints after it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An input file could not be opened or read.
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}")]
     ReadInput {
         /// The file.
         path: String,
@@ -52,7 +53,7 @@ pub enum Error {
         expected: &'static str,
     },
     /// A Parquet file could not be read.
-    #[error("failed to read Parquet file {path}: {source}")]
+    #[error("failed to read Parquet file {path}")]
     Parquet {
         /// The file.
         path: String,
@@ -61,7 +62,7 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
     /// An Arrow operation failed (a programming error or a malformed file).
-    #[error("Arrow error in {context}: {source}")]
+    #[error("Arrow error in {context}")]
     Arrow {
         /// What was being done.
         context: String,
@@ -78,7 +79,7 @@ pub enum Error {
         message: String,
     },
     /// A configuration file could not be parsed.
-    #[error("failed to parse config {path}: {source}")]
+    #[error("failed to parse config {path}")]
     ConfigFile {
         /// The file.
         path: PathBuf,
@@ -111,7 +112,7 @@ pub enum Error {
         bad: u64,
     },
     /// An object-store operation failed.
-    #[error("object store error at {location}: {source}")]
+    #[error("object store error at {location}")]
     Store {
         /// The object or prefix.
         location: String,
@@ -174,7 +175,7 @@ pub enum Error {
         message: String,
     },
     /// A local I/O operation on a scratch or output file failed.
-    #[error("I/O error on {path}: {source}")]
+    #[error("I/O error on {path}")]
     Io {
         /// The file or directory.
         path: String,
@@ -183,7 +184,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A JSON document could not be written.
-    #[error("failed to serialise {what}: {source}")]
+    #[error("failed to serialise {what}")]
     Serialize {
         /// The document.
         what: &'static str,

@@ -216,9 +216,14 @@ fn config_errors_name_the_field() {
             .contains("preprocess.max_len")
     );
     std::fs::write(&p, "[preprocess]\nmax_lenn = 3\n").unwrap();
-    let msg = seqclust_data::IngestConfig::from_file(&p)
-        .unwrap_err()
-        .to_string();
+    let err = seqclust_data::IngestConfig::from_file(&p).unwrap_err();
+    // the TOML parser's message (line and key) is the error's source, as the CLI prints it
+    let mut msg = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
     assert!(
         msg.contains("cfg.toml") && msg.contains("max_lenn"),
         "{msg}"
