@@ -38,6 +38,20 @@ pub enum Error {
         /// The columns that exist, comma-separated.
         available: String,
     },
+    /// No column was mapped to a required field and none of the usual names is present.
+    #[error(
+        "{path}: no column for {field} (none of {tried} is in the header); map one with --col {field}=NAME; the header has: {available}"
+    )]
+    UnmappedColumn {
+        /// The file.
+        path: String,
+        /// The event field.
+        field: &'static str,
+        /// The names that were looked for.
+        tried: String,
+        /// The columns that exist, comma-separated.
+        available: String,
+    },
     /// A column exists but has a type that cannot be read as the field.
     #[error("{path}: column {column:?} (mapped to {field}) has type {found}, expected {expected}")]
     ColumnType {

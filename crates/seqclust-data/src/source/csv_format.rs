@@ -142,10 +142,10 @@ impl CsvSpec {
         let need = |field: &'static str, col: &Option<ColumnRef>| -> Result<usize> {
             match col {
                 Some(col) => find(field, col),
-                None => guess(field).ok_or_else(|| Error::MissingColumn {
+                None => guess(field).ok_or_else(|| Error::UnmappedColumn {
                     path: display.to_string(),
-                    column: format!("(none mapped; map one with --col {field}=NAME)"),
                     field,
+                    tried: super::guesses_for(field),
                     available: header.as_ref().map(|h| h.join(", ")).unwrap_or_default(),
                 }),
             }

@@ -285,6 +285,15 @@ pub const COLUMN_GUESSES: [(&str, &[&str]); 6] = [
     ("dwell", &["dwell", "dwell_time", "dwell_s", "duration"]),
 ];
 
+/// The names tried for a field, for messages.
+pub(crate) fn guesses_for(field: &str) -> String {
+    COLUMN_GUESSES
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map(|(_, c)| c.join(", "))
+        .unwrap_or_default()
+}
+
 /// The index of the column a field is guessed to be in, from common header names.
 pub(crate) fn guess_column(field: &str, names: &[String]) -> Option<usize> {
     let (_, candidates) = COLUMN_GUESSES.iter().find(|(f, _)| *f == field)?;

@@ -143,10 +143,10 @@ impl ParquetSpec {
         let req = |field: &'static str, col: &Option<ColumnRef>| -> Result<usize> {
             match col {
                 Some(col) => find(field, col),
-                None => super::guess_column(field, &names).ok_or_else(|| Error::MissingColumn {
+                None => super::guess_column(field, &names).ok_or_else(|| Error::UnmappedColumn {
                     path: display.to_string(),
-                    column: format!("(none mapped; map one with --col {field}=NAME)"),
                     field,
+                    tried: super::guesses_for(field),
                     available: available(),
                 }),
             }
