@@ -171,17 +171,20 @@ impl UserGen<'_> {
                         };
                     }
                 }
-                // buys the same staples on a weekly cycle
+                // buys a few of the same staples on a weekly cycle
                 5 => {
                     self.next_session(rng, p, 6.0, 8.0);
-                    let it = staples[rng.random_range(0..staples.len())];
-                    if rng.random_bool(0.5) {
-                        self.emit(it, VIEW, uniform(rng, 3.0, 10.0) as f32);
-                        self.step(rng, 5.0, 20.0);
+                    for _ in 0..rng.random_range(1..4) {
+                        let it = staples[rng.random_range(0..staples.len())];
+                        if rng.random_bool(0.5) {
+                            self.emit(it, VIEW, uniform(rng, 3.0, 10.0) as f32);
+                            self.step(rng, 5.0, 20.0);
+                        }
+                        self.emit(it, CART, uniform(rng, 2.0, 6.0) as f32);
+                        self.step(rng, 5.0, 15.0);
+                        self.emit(it, BUY, uniform(rng, 5.0, 15.0) as f32);
+                        self.step(rng, 10.0, 40.0);
                     }
-                    self.emit(it, CART, uniform(rng, 2.0, 6.0) as f32);
-                    self.step(rng, 5.0, 15.0);
-                    self.emit(it, BUY, uniform(rng, 5.0, 15.0) as f32);
                 }
                 // quick clicks late at night
                 6 => {
