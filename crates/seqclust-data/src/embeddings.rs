@@ -542,6 +542,72 @@ pub fn read_assignments(path: &Path) -> Result<(Vec<String>, Vec<u32>)> {
     Ok((ids, clusters))
 }
 
+/// Writes a 2-d f32 matrix in the `PEERRAW1` container of the reference peers (a JSON header
+/// with dtype, shape and the data's sha256; data at a 64-byte aligned offset).
+pub fn write_peerraw_f32(path: &Path, data: &[f32], n: usize, d: usize) -> Result<()> {
+    let io = |e| Error::io(path.display(), e);
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let sha = crate::store::sha256_hex(&bytes);
+    let mut header = String::new();
+    let mut offset = 64usize;
+    for _ in 0..4 {
+        header = format!(
+            r#"{{"magic": "PEERRAW1", "dtype": "<f4", "shape": [{n}, {d}], "order": "C", "data_offset": {offset}, "data_bytes": {}, "sha256": "{sha}", "generator": {{"writer": "seqclust"}}}}"#,
+            bytes.len()
+        );
+        let h = header.len() + 1;
+        offset = (16 + h).div_ceil(64) * 64;
+    }
+    let h = offset - 16;
+    let mut out = Vec::with_capacity(offset + bytes.len());
+    out.extend_from_slice(PEERRAW_MAGIC);
+    out.extend_from_slice(&(h as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.resize(offset - 1, b' ');
+    out.push(b'\n');
+    out.extend_from_slice(&bytes);
+    std::fs::write(path, out).map_err(io)
+}
+
+/// Writes user vectors as Parquet: `user` (utf8) and `vector` (fixed-size list of f32).
+pub fn write_embeddings_parquet(path: &Path, ids: &[String], data: &[f32], d: usize) -> Result<()> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field};
+    if data.len() != ids.len() * d {
+        return Err(Error::Internal("embedding rows do not match the ids"));
+    }
+    let values = Arc::new(Float32Array::from(data.to_vec()));
+    let field = Arc::new(Field::new_list_field(DataType::Float32, false));
+    let list = FixedSizeListArray::try_new(field, d as i32, values, None).map_err(|source| {
+        Error::Arrow {
+            context: "building embeddings".into(),
+            source,
+        }
+    })?;
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "user",
+            Arc::new(StringArray::from_iter_values(ids.iter())) as ArrayRef,
+        ),
+        ("vector", Arc::new(list) as ArrayRef),
+    ])
+    .map_err(|source| Error::Arrow {
+        context: "building embeddings".into(),
+        source,
+    })?;
+    let perr = |source| Error::Parquet {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(perr)?;
+    w.write(&batch).map_err(perr)?;
+    w.close().map_err(perr)?;
+    Ok(())
+}
+
 /// Writes a raw little-endian f32 matrix with no header (for tools that mmap it).
 pub fn write_raw_f32(path: &Path, data: &[f32]) -> Result<()> {
     let io = |e| Error::io(path.display(), e);
@@ -591,6 +657,22 @@ mod tests {
         assert_eq!(gaussian_mixture(1000, 8, 5, 3).0, x);
         assert!(l.iter().all(|&v| v < 5));
         assert!(x.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn written_embeddings_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let raw = dir.path().join("e.f32");
+        write_peerraw_f32(&raw, &data, 4, 3).unwrap();
+        let e = read_embeddings(&raw, None, true).unwrap();
+        assert_eq!((e.n, e.d, e.data.clone()), (4, 3, data.clone()));
+        let pq = dir.path().join("e.parquet");
+        let ids: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
+        write_embeddings_parquet(&pq, &ids, &data, 3).unwrap();
+        let e = read_embeddings(&pq, None, false).unwrap();
+        assert_eq!((e.n, e.d, e.data), (4, 3, data));
+        assert_eq!(e.ids.unwrap(), ids);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `seqclust bench`: benchmarks that print JSON lines in the reference peers' result format.
 
+mod encoder;
 mod ingest;
 mod kmeans;
 mod measure;
@@ -20,11 +21,14 @@ enum Which {
     Ingest(ingest::IngestBench),
     /// k-means kernel, Lloyd and mini-batch on the reference peers' data file.
     Kmeans(kmeans::KMeansBench),
+    /// Encoder training and inference throughput (the PyTorch peer's configuration).
+    Encoder(encoder::EncoderBench),
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.which {
         Which::Ingest(b) => ingest::run(b),
         Which::Kmeans(b) => kmeans::run(b),
+        Which::Encoder(b) => encoder::run(b),
     }
 }

@@ -1,0 +1,235 @@
+//! `seqclust bench encoder`: training and inference throughput in the configuration of
+//! `../shared/peers/encoder_peers.py` (vocabulary 50,000, dim 64, 50 events + 1 target, batch
+//! 256, tied item table, AdamW, 2 threads), lines in its JSON schema (`script: encoder_rust`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use seqclust_model::{
+    AdamParams, BatchInput, EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Optimizer,
+    Popularity, Positions, SeqInput, SeqModel, StepCtx, Vocab, step,
+};
+use serde_json::json;
+
+use super::measure::Probe;
+
+/// Encoder training and inference throughput.
+#[derive(Debug, Args)]
+pub struct EncoderBench {
+    /// Fewer steps (3 warm-up, 5 measured).
+    #[arg(long)]
+    quick: bool,
+    /// Item vocabulary.
+    #[arg(long, default_value_t = 50_000)]
+    vocab: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// Events per sequence (inputs; one more is the target).
+    #[arg(long, default_value_t = 50)]
+    seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Encoders (comma-separated): gru, lstm, transformer.
+    #[arg(long, default_value = "gru,transformer")]
+    encoders: String,
+    /// Losses (comma-separated): inbatch, sampled.
+    #[arg(long, default_value = "inbatch,sampled")]
+    losses: String,
+    /// Shared negatives of the sampled loss.
+    #[arg(long, default_value_t = 1024)]
+    negatives: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Use the plain-candle path instead of the fused kernels.
+    #[arg(long)]
+    plain: bool,
+    /// Tag of the JSON lines (make_table.py puts runs side by side by tag).
+    #[arg(long, default_value = "round1")]
+    tag: String,
+    /// Also append the JSON lines to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn emit(line: serde_json::Value, out: Option<&PathBuf>) -> Result<()> {
+    let text = serde_json::to_string(&line)?;
+    println!("{text}");
+    if let Some(p) = out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?;
+        writeln!(f, "{text}")?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(a: EncoderBench) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build()?;
+    pool.install(|| run_in_pool(&a))
+}
+
+fn run_in_pool(a: &EncoderBench) -> Result<()> {
+    let (warmup, steps) = if a.quick { (3, 5) } else { (5, 20) };
+    let vocab = Vocab {
+        items: a.vocab + 2,
+        actions: 6,
+        categories: 2,
+    };
+    // random sequences of seq_len + 1 items, like the peers' generator
+    let mut r = ChaCha8Rng::seed_from_u64(7);
+    let total = a.batch * (warmup + steps);
+    let items: Vec<Vec<u32>> = (0..total)
+        .map(|_| {
+            (0..=a.seq_len)
+                .map(|_| r.random_range(2..vocab.items as u32))
+                .collect()
+        })
+        .collect();
+    let actions = vec![1u16; a.seq_len + 1];
+    let cats = vec![0u32; a.seq_len + 1];
+    let ts: Vec<i64> = (0..=a.seq_len as i64).collect();
+    let counts = vec![1u64; vocab.items];
+    let popularity = Popularity::from_counts(&counts);
+    let args = json!({"vocab": a.vocab, "dim": a.dim, "seq_len": a.seq_len, "batch": a.batch, "negatives": a.negatives, "threads": a.threads, "fused": !a.plain});
+    for enc in a.encoders.split(',').map(str::trim) {
+        let kind = match enc {
+            "gru" => EncoderKind::Gru,
+            "lstm" => EncoderKind::Lstm,
+            "transformer" => EncoderKind::Transformer,
+            other => anyhow::bail!("--encoders: unknown {other:?}"),
+        };
+        // the peers' models: 1-layer GRU; 2-layer, 2-head Transformer with ff 256; no dropout;
+        // only item embeddings and positions
+        let cfg = EncoderConfig {
+            kind,
+            dim: a.dim,
+            layers: if kind == EncoderKind::Transformer {
+                2
+            } else {
+                1
+            },
+            heads: 2,
+            ff_mult: 4,
+            dropout: 0.0,
+            max_len: a.seq_len,
+            use_action: false,
+            use_category: false,
+            use_time_gap: false,
+            ..EncoderConfig::default()
+        };
+        for loss in a.losses.split(',').map(str::trim) {
+            let next_item_loss = match loss {
+                "inbatch" => NextItemLoss::InBatch,
+                "sampled" => NextItemLoss::Sampled {
+                    negatives: a.negatives,
+                },
+                other => anyhow::bail!("--losses: unknown {other:?}"),
+            };
+            // the peer trains on the pooled last position only
+            let obj = ObjectiveConfig {
+                next_item_loss,
+                next_item_positions: Positions::Last,
+                ..ObjectiveConfig::default()
+            };
+            let mut model = SeqModel::new(&cfg, vocab, 1)?;
+            model.set_fused(!a.plain);
+            let mut opt = Optimizer::new(&model, AdamParams::default())?;
+            let probe = Probe::start();
+            let (mut fwd, mut bwd, mut opt_ms, mut step_ms) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for s in 0..warmup + steps {
+                let batch: Vec<SeqInput<'_>> = items[s * a.batch..(s + 1) * a.batch]
+                    .iter()
+                    .map(|it| SeqInput {
+                        items: it,
+                        actions: &actions,
+                        categories: &cats,
+                        timestamps: &ts,
+                    })
+                    .collect();
+                let t = Instant::now();
+                let mut g = step(
+                    &model,
+                    &batch,
+                    &StepCtx {
+                        objective: &obj,
+                        popularity: Some(&popularity),
+                        seed: 1,
+                        step: s as u64 + 1,
+                        train: true,
+                    },
+                )?;
+                let to = Instant::now();
+                opt.apply(&mut model, &mut g, 1e-3, None)?;
+                if s >= warmup {
+                    opt_ms.push(to.elapsed().as_secs_f64() * 1e3);
+                    step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    fwd.push(g.fwd_ms);
+                    bwd.push(g.bwd_ms);
+                }
+            }
+            let load = probe.finish();
+            let ms = median(step_ms);
+            emit(
+                json!({"script": "encoder_rust", "tag": a.tag, "args": args, "results": [{
+                    "mode": "train", "encoder": enc, "loss": loss, "adamw": "seqclust (dense + lazy rows)", "world": 1,
+                    "threads_per_rank": a.threads, "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms,
+                    "fwd_ms": median(fwd), "bwd_ms": median(bwd), "opt_ms": median(opt_ms), "approx_gflops": null, "load": load,
+                }]}),
+                a.out.as_ref(),
+            )?;
+        }
+        // inference: encode a batch, no gradient
+        let model = {
+            let mut m = SeqModel::new(&cfg, vocab, 1)?;
+            m.set_fused(!a.plain);
+            m
+        };
+        let probe = Probe::start();
+        let mut times = Vec::new();
+        for s in 0..warmup + steps {
+            let batch: Vec<SeqInput<'_>> = items[s * a.batch..(s + 1) * a.batch]
+                .iter()
+                .map(|it| SeqInput {
+                    items: &it[..a.seq_len],
+                    actions: &actions[..a.seq_len],
+                    categories: &cats[..a.seq_len],
+                    timestamps: &ts[..a.seq_len],
+                })
+                .collect();
+            let b = BatchInput::encode(&batch, a.seq_len, cfg.time_buckets);
+            let t = Instant::now();
+            let v = model.embed(&b)?;
+            std::hint::black_box(v);
+            if s >= warmup {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let ms = median(times);
+        emit(
+            json!({"script": "encoder_rust", "tag": a.tag, "args": args, "results": [{
+                "mode": "infer", "encoder": enc, "loss": null, "adamw": null, "world": 1, "threads_per_rank": a.threads,
+                "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms, "fwd_ms": ms, "bwd_ms": null,
+                "opt_ms": null, "approx_gflops": null, "load": probe.finish(),
+            }]}),
+            a.out.as_ref(),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The item embedding table, kept outside candle's autograd so that its gradient is
+//! row-sparse: a step gathers the rows it needs into a leaf tensor, and the gradient of that
+//! leaf, summed per row, is the table's gradient as (row ids, rows) — what lazy Adam updates
+//! and what data-parallel workers exchange, in size proportional to the rows touched rather
+//! than the vocabulary.
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A row-sparse gradient: sorted unique row ids and their summed gradient rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseGrad {
+    /// Row ids, sorted, unique.
+    pub ids: Vec<u32>,
+    /// `ids.len() × dim` gradient values.
+    pub rows: Vec<f32>,
+    /// Row width.
+    pub dim: usize,
+}
+
+impl SparseGrad {
+    /// Sums the gradient rows of repeated ids (`ids[i]` owns `grads[i*dim..]`).
+    pub fn from_gathered(ids: &[u32], grads: &[f32], dim: usize) -> Result<SparseGrad> {
+        if grads.len() != ids.len() * dim {
+            return Err(Error::Shape(format!(
+                "{} gradient values for {} ids of width {dim}",
+                grads.len(),
+                ids.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&i| (ids[i], i));
+        let mut out = SparseGrad {
+            ids: Vec::new(),
+            rows: Vec::new(),
+            dim,
+        };
+        for i in order {
+            let g = &grads[i * dim..(i + 1) * dim];
+            if out.ids.last() == Some(&ids[i]) {
+                let start = out.rows.len() - dim;
+                out.rows[start..]
+                    .iter_mut()
+                    .zip(g)
+                    .for_each(|(a, b)| *a += b);
+            } else {
+                out.ids.push(ids[i]);
+                out.rows.extend_from_slice(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds another sparse gradient (merging rows by id).
+    pub fn add(&self, other: &SparseGrad) -> Result<SparseGrad> {
+        if self.dim != other.dim && !self.ids.is_empty() && !other.ids.is_empty() {
+            return Err(Error::Shape(format!(
+                "sparse gradients of widths {} and {}",
+                self.dim, other.dim
+            )));
+        }
+        let dim = self.dim.max(other.dim);
+        let mut ids = self.ids.clone();
+        ids.extend_from_slice(&other.ids);
+        let mut rows = self.rows.clone();
+        rows.extend_from_slice(&other.rows);
+        SparseGrad::from_gathered(&ids, &rows, dim)
+    }
+
+    /// Multiplies every value (gradient clipping, averaging).
+    pub fn scale(&mut self, s: f32) {
+        self.rows.iter_mut().for_each(|v| *v *= s);
+    }
+
+    /// Sum of squares of the values.
+    pub fn sq_norm(&self) -> f64 {
+        self.rows
+            .iter()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum()
+    }
+
+    /// Bytes on the wire (ids and values), for the communication figures.
+    pub fn wire_bytes(&self) -> usize {
+        self.ids.len() * 4 + self.rows.len() * 4
+    }
+}
+
+/// Adam hyper-parameters (decoupled weight decay, as AdamW).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamParams {
+    fn default() -> Self {
+        AdamParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// One AdamW update of `w` in place, with moments `m`, `v`, at global step `step` (from 1).
+#[inline]
+pub(crate) fn adamw_update(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    p: &AdamParams,
+    step: u64,
+) {
+    let bc1 = 1.0 - p.beta1.powi(step.min(i32::MAX as u64) as i32);
+    let bc2 = 1.0 - p.beta2.powi(step.min(i32::MAX as u64) as i32);
+    let step_size = p.lr / bc1;
+    let decay = 1.0 - p.lr * p.weight_decay;
+    let inv_bc2 = 1.0 / bc2;
+    for i in 0..w.len() {
+        let gi = g[i];
+        m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * gi;
+        v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * gi * gi;
+        let denom = (v[i] * inv_bc2).sqrt() + p.eps;
+        w[i] = w[i] * decay - step_size * m[i] / denom;
+    }
+}
+
+/// The item table with lazy-Adam state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemTable {
+    rows: usize,
+    dim: usize,
+    data: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl ItemTable {
+    /// A table of `rows × dim` values from N(0, σ²) with σ = 1/√dim; row 0 (padding) is zero.
+    pub fn new(rows: usize, dim: usize, seed: u64) -> ItemTable {
+        let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x17E3_7AB1E);
+        let normal = Normal::new(0.0f32, 1.0 / (dim as f32).sqrt())
+            .unwrap_or_else(|_| unreachable!("σ > 0"));
+        let mut data: Vec<f32> = (0..rows * dim).map(|_| normal.sample(&mut r)).collect();
+        data[..dim.min(rows * dim)]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+        ItemTable {
+            rows,
+            dim,
+            m: vec![0.0; rows * dim],
+            v: vec![0.0; rows * dim],
+            data,
+        }
+    }
+
+    /// From existing values (no optimiser state).
+    pub fn from_values(rows: usize, dim: usize, data: Vec<f32>) -> Result<ItemTable> {
+        if data.len() != rows * dim {
+            return Err(Error::Shape(format!(
+                "{} values for a {rows}×{dim} table",
+                data.len()
+            )));
+        }
+        Ok(ItemTable {
+            rows,
+            dim,
+            m: vec![0.0; rows * dim],
+            v: vec![0.0; rows * dim],
+            data,
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// All values, row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The optimiser moments (m, v), for checkpoints.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores the optimiser moments.
+    pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        if m.len() != self.data.len() || v.len() != self.data.len() {
+            return Err(Error::Incompatible(format!(
+                "item-table moments of {} values for a {}×{} table",
+                m.len(),
+                self.rows,
+                self.dim
+            )));
+        }
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
+    /// Copies the rows `ids` (row-major `ids.len() × dim`). Ids beyond the table read row 1
+    /// (out-of-vocabulary).
+    pub fn gather(&self, ids: &[u32]) -> Vec<f32> {
+        let d = self.dim;
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            let i = if (i as usize) < self.rows {
+                i as usize
+            } else {
+                1.min(self.rows - 1)
+            };
+            out.extend_from_slice(&self.data[i * d..(i + 1) * d]);
+        }
+        out
+    }
+
+    /// Lazy AdamW: updates only the rows in `grad` (moments and values), with the global step
+    /// for bias correction, like PyTorch's SparseAdam and TF's LazyAdam. Row 0 (padding)
+    /// stays zero.
+    pub fn apply(&mut self, grad: &SparseGrad, p: &AdamParams, step: u64) -> Result<()> {
+        if grad.dim != self.dim && !grad.ids.is_empty() {
+            return Err(Error::Shape(format!(
+                "gradient rows of width {} for a table of width {}",
+                grad.dim, self.dim
+            )));
+        }
+        let d = self.dim;
+        for (k, &id) in grad.ids.iter().enumerate() {
+            let r = id as usize;
+            if r == 0 || r >= self.rows {
+                continue;
+            }
+            let s = r * d..(r + 1) * d;
+            adamw_update(
+                &mut self.data[s.clone()],
+                &grad.rows[k * d..(k + 1) * d],
+                &mut self.m[s.clone()],
+                &mut self.v[s],
+                p,
+                step,
+            );
+        }
+        Ok(())
+    }
+
+    /// Dense AdamW over every row (the gradient of every row given; rows without a gradient
+    /// see zeros, which still decays their moments) — the reference the lazy update is
+    /// measured against.
+    pub fn apply_dense(&mut self, grad: &[f32], p: &AdamParams, step: u64) -> Result<()> {
+        if grad.len() != self.data.len() {
+            return Err(Error::Shape(format!(
+                "{} gradient values for {} table values",
+                grad.len(),
+                self.data.len()
+            )));
+        }
+        adamw_update(
+            &mut self.data[self.dim..],
+            &grad[self.dim..],
+            &mut self.m[self.dim..],
+            &mut self.v[self.dim..],
+            p,
+            step,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_grad_sums_repeated_rows() {
+        let g = SparseGrad::from_gathered(&[3, 1, 3], &[1.0, 2.0, 10.0, 20.0, 100.0, 200.0], 2)
+            .unwrap();
+        assert_eq!(g.ids, vec![1, 3]);
+        assert_eq!(g.rows, vec![10.0, 20.0, 101.0, 202.0]);
+        let h = g
+            .add(&SparseGrad::from_gathered(&[2, 3], &[1.0, 1.0, 1.0, 1.0], 2).unwrap())
+            .unwrap();
+        assert_eq!(h.ids, vec![1, 2, 3]);
+        assert_eq!(h.rows, vec![10.0, 20.0, 1.0, 1.0, 102.0, 203.0]);
+        assert_eq!(h.wire_bytes(), 3 * 4 + 6 * 4);
+        assert!(SparseGrad::from_gathered(&[1], &[1.0], 2).is_err());
+    }
+
+    #[test]
+    fn lazy_adam_touches_only_given_rows_and_matches_dense_on_them() {
+        let mut lazy = ItemTable::new(6, 3, 1);
+        let mut dense = lazy.clone();
+        let p = AdamParams {
+            lr: 0.1,
+            weight_decay: 0.01,
+            ..AdamParams::default()
+        };
+        let before = lazy.values().to_vec();
+        let g = SparseGrad::from_gathered(&[2, 4], &[1.0, -2.0, 0.5, 0.1, 0.2, 0.3], 3).unwrap();
+        lazy.apply(&g, &p, 1).unwrap();
+        let mut full = vec![0.0f32; 18];
+        full[6..9].copy_from_slice(&[1.0, -2.0, 0.5]);
+        full[12..15].copy_from_slice(&[0.1, 0.2, 0.3]);
+        dense.apply_dense(&full, &p, 1).unwrap();
+        // touched rows agree with dense AdamW; untouched rows do not move at all
+        assert_eq!(&lazy.values()[6..9], &dense.values()[6..9]);
+        assert_eq!(&lazy.values()[12..15], &dense.values()[12..15]);
+        assert_eq!(&lazy.values()[9..12], &before[9..12]);
+        assert_eq!(
+            &lazy.values()[..3],
+            &[0.0, 0.0, 0.0],
+            "padding row stays zero"
+        );
+        // a positive gradient moves the value down by about lr
+        assert!((lazy.values()[6] - (before[6] * (1.0 - 0.1 * 0.01) - 0.1)).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod features;
+pub mod item_table;
+pub mod kernels;
+pub mod layers;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod recurrent;
+pub mod transformer;
+
+pub use config::{
+    EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Pooling, Positions, Vocab,
+};
+pub use error::{Error, Result};
+pub use eval::{HistoryMask, RankMetrics, full_ranking, sampled_ranking};
+pub use features::{BatchInput, SeqInput};
+pub use item_table::{AdamParams, ItemTable, SparseGrad};
+pub use model::{Encoded, SeqModel};
+pub use objective::{Gradients, Popularity, StepCtx, step};
+pub use optim::{Optimizer, Schedule, StepReport};

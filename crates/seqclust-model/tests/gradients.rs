@@ -1,0 +1,312 @@
+//! Gradient correctness: every trainable parameter receives a gradient, and the analytic
+//! gradients match finite differences on a tiny model.
+#![allow(clippy::unwrap_used)] // tests fail loudly on any error
+
+use seqclust_model::{
+    EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Pooling, SeqInput, SeqModel,
+    StepCtx, Vocab, step,
+};
+
+struct Data {
+    items: Vec<Vec<u32>>,
+    actions: Vec<Vec<u16>>,
+    cats: Vec<Vec<u32>>,
+    ts: Vec<Vec<i64>>,
+}
+
+fn data(users: usize, vocab: u32) -> Data {
+    let mut d = Data {
+        items: vec![],
+        actions: vec![],
+        cats: vec![],
+        ts: vec![],
+    };
+    for u in 0..users {
+        let n = 3 + u % 5;
+        d.items.push(
+            (0..n)
+                .map(|k| 2 + ((u * 7 + k * 3) as u32 % (vocab - 2)))
+                .collect(),
+        );
+        d.actions
+            .push((0..n).map(|k| 1 + ((u + k) % 3) as u16).collect());
+        d.cats
+            .push((0..n).map(|k| 2 + ((u + k) % 4) as u32).collect());
+        d.ts.push(
+            (0..n)
+                .map(|k| 1_600_000_000_000 + (k as i64) * 60_000 * (1 + u as i64))
+                .collect(),
+        );
+    }
+    d
+}
+
+fn seqs(d: &Data) -> Vec<SeqInput<'_>> {
+    (0..d.items.len())
+        .map(|i| SeqInput {
+            items: &d.items[i],
+            actions: &d.actions[i],
+            categories: &d.cats[i],
+            timestamps: &d.ts[i],
+        })
+        .collect()
+}
+
+const VOCAB: Vocab = Vocab {
+    items: 20,
+    actions: 6,
+    categories: 7,
+};
+
+fn tiny(kind: EncoderKind, pooling: Pooling) -> EncoderConfig {
+    EncoderConfig {
+        kind,
+        dim: 8,
+        layers: 2,
+        heads: 2,
+        ff_mult: 2,
+        dropout: 0.0,
+        max_len: 6,
+        pooling,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() {
+    let d = data(6, VOCAB.items as u32);
+    let s = seqs(&d);
+    let cases: Vec<(EncoderKind, Pooling, ObjectiveConfig)> = vec![
+        (
+            EncoderKind::Gru,
+            Pooling::Attention,
+            ObjectiveConfig {
+                contrastive: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            EncoderKind::Lstm,
+            Pooling::Mean,
+            ObjectiveConfig {
+                contrastive: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            EncoderKind::Transformer,
+            Pooling::Attention,
+            ObjectiveConfig {
+                contrastive: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            EncoderKind::Transformer,
+            Pooling::Last,
+            ObjectiveConfig {
+                next_item_loss: NextItemLoss::InBatch,
+                ..Default::default()
+            },
+        ),
+        (
+            EncoderKind::BiTransformer,
+            Pooling::Attention,
+            ObjectiveConfig {
+                next_item: 0.0,
+                cloze: 1.0,
+                contrastive: 0.5,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (kind, pooling, obj) in cases {
+        let model = SeqModel::new(&tiny(kind, pooling), VOCAB, 3).unwrap();
+        let g = step(
+            &model,
+            &s,
+            &StepCtx {
+                objective: &obj,
+                popularity: None,
+                seed: 1,
+                step: 1,
+                train: true,
+            },
+        )
+        .unwrap();
+        assert!(g.loss.is_finite() && g.loss > 0.0);
+        let mut off = 0;
+        for (name, var) in model.vars().unwrap() {
+            let n = var.elem_count();
+            let gn: f32 = g.dense[off..off + n].iter().map(|v| v * v).sum();
+            assert!(gn > 0.0, "{kind:?}/{pooling:?}: {name} gets no gradient");
+            off += n;
+        }
+        assert!(
+            !g.items.ids.is_empty() && g.items.sq_norm() > 0.0,
+            "{kind:?}: item table gets no gradient"
+        );
+        assert!(!g.items.ids.contains(&0), "padding row must not learn");
+    }
+}
+
+/// Central differences of the loss w.r.t. a few dense parameters and item rows, against the
+/// analytic gradient.
+#[test]
+fn gradients_match_finite_differences() {
+    let d = data(4, VOCAB.items as u32);
+    let s = seqs(&d);
+    for kind in [
+        EncoderKind::Gru,
+        EncoderKind::Lstm,
+        EncoderKind::Transformer,
+    ] {
+        let obj = ObjectiveConfig::default();
+        let model = SeqModel::new(&tiny(kind, Pooling::Last), VOCAB, 11).unwrap();
+        let cx = StepCtx {
+            objective: &obj,
+            popularity: None,
+            seed: 1,
+            step: 1,
+            train: false,
+        };
+        let g = step(&model, &s, &cx).unwrap();
+        let w0 = model.dense_values().unwrap();
+        let loss_at = |model: &SeqModel| step(model, &s, &cx).unwrap().loss as f64;
+        let eps = 1e-2f32;
+        // a spread of dense parameters
+        for idx in (0..w0.len()).step_by((w0.len() / 12).max(1)) {
+            let mut w = w0.clone();
+            w[idx] += eps;
+            model.set_dense_values(&w).unwrap();
+            let up = loss_at(&model);
+            w[idx] -= 2.0 * eps;
+            model.set_dense_values(&w).unwrap();
+            let down = loss_at(&model);
+            model.set_dense_values(&w0).unwrap();
+            let num = (up - down) / (2.0 * f64::from(eps));
+            let ana = f64::from(g.dense[idx]);
+            assert!(
+                (num - ana).abs() <= 2e-3 + 0.05 * ana.abs().max(num.abs()),
+                "{kind:?} dense[{idx}]: numeric {num} analytic {ana}"
+            );
+        }
+        // item rows (tied input and output embeddings)
+        let mut model = model;
+        for (k, &row) in g.items.ids.iter().enumerate().take(4) {
+            let col = 1;
+            let base = model.items.values().to_vec();
+            let at = |delta: f32, model: &mut SeqModel| {
+                let mut v = base.clone();
+                v[row as usize * 8 + col] += delta;
+                model.items = seqclust_model::ItemTable::from_values(VOCAB.items, 8, v).unwrap();
+                loss_at(model)
+            };
+            let num = (at(eps, &mut model) - at(-eps, &mut model)) / (2.0 * f64::from(eps));
+            model.items = seqclust_model::ItemTable::from_values(VOCAB.items, 8, base).unwrap();
+            let ana = f64::from(g.items.rows[k * 8 + col]);
+            assert!(
+                (num - ana).abs() <= 2e-3 + 0.05 * ana.abs().max(num.abs()),
+                "{kind:?} item {row}: numeric {num} analytic {ana}"
+            );
+        }
+    }
+}
+
+#[test]
+fn training_reduces_the_loss_and_is_deterministic() {
+    let d = data(32, VOCAB.items as u32);
+    let s = seqs(&d);
+    let obj = ObjectiveConfig::default();
+    let run = || {
+        let mut model =
+            SeqModel::new(&tiny(EncoderKind::Transformer, Pooling::Last), VOCAB, 5).unwrap();
+        let mut opt = seqclust_model::Optimizer::new(
+            &model,
+            seqclust_model::AdamParams {
+                lr: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for st in 1..=40 {
+            let mut g = step(
+                &model,
+                &s,
+                &StepCtx {
+                    objective: &obj,
+                    popularity: None,
+                    seed: 9,
+                    step: st,
+                    train: true,
+                },
+            )
+            .unwrap();
+            losses.push(g.loss);
+            opt.apply(&mut model, &mut g, 0.01, Some(5.0)).unwrap();
+        }
+        (losses, model.dense_values().unwrap())
+    };
+    let (l1, w1) = run();
+    let (l2, w2) = run();
+    assert_eq!(l1, l2, "same seed, same losses");
+    assert_eq!(w1, w2, "same seed, same parameters");
+    assert!(l1[39] < 0.7 * l1[0], "{} → {}", l1[0], l1[39]);
+}
+
+#[test]
+fn fused_kernels_match_the_plain_path() {
+    let d = data(8, VOCAB.items as u32);
+    let s = seqs(&d);
+    for (kind, obj) in [
+        (EncoderKind::Transformer, ObjectiveConfig::default()),
+        (
+            EncoderKind::BiTransformer,
+            ObjectiveConfig {
+                next_item: 0.0,
+                cloze: 1.0,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let cfg = EncoderConfig {
+            dropout: 0.0,
+            ..tiny(kind, Pooling::Last)
+        };
+        let fused = SeqModel::new(&cfg, VOCAB, 4).unwrap();
+        let mut plain = SeqModel::new(&cfg, VOCAB, 4).unwrap();
+        plain.set_fused(false);
+        assert!(fused.fused() && !plain.fused());
+        let cx = StepCtx {
+            objective: &obj,
+            popularity: None,
+            seed: 2,
+            step: 1,
+            train: true,
+        };
+        let (a, b) = (
+            step(&fused, &s, &cx).unwrap(),
+            step(&plain, &s, &cx).unwrap(),
+        );
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "{kind:?}: {} vs {}",
+            a.loss,
+            b.loss
+        );
+        for (x, y) in a.dense.iter().zip(&b.dense) {
+            assert!(
+                (x - y).abs() < 1e-4 + 1e-3 * y.abs(),
+                "{kind:?}: dense grad {x} vs {y}"
+            );
+        }
+        assert_eq!(a.items.ids, b.items.ids);
+        for (x, y) in a.items.rows.iter().zip(&b.items.rows) {
+            assert!(
+                (x - y).abs() < 1e-4 + 1e-3 * y.abs(),
+                "{kind:?}: item grad {x} vs {y}"
+            );
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Checkpoints and exported models: safetensors for tensors, JSON for the rest, written
+//! through object_store (local or S3).
+//!
+//! ```text
+//! <run>/checkpoints/step-000001234/{model.safetensors, optimizer.safetensors, state.json}
+//! <run>/checkpoints/LATEST            → the newest complete checkpoint's directory name
+//! <run>/model/{config.json, encoder.safetensors}
+//! ```
+//! A checkpoint's `state.json` is written last, and `LATEST` after it, so a crash while
+//! writing leaves the previous checkpoint as the latest.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use seqclust_data::Location;
+use seqclust_model::{EncoderConfig, ItemTable, Optimizer, SeqModel, Vocab};
+
+use crate::error::{Error, Result};
+
+/// The description of a model, stored beside its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Encoder settings.
+    pub encoder: EncoderConfig,
+    /// Vocabulary sizes.
+    pub vocab: Vocab,
+    /// The dataset the model was trained on.
+    pub dataset: String,
+    /// seqclust version.
+    pub code_version: String,
+}
+
+/// Training progress stored with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Epoch in progress (from 0).
+    pub epoch: usize,
+    /// Batches of that epoch already taken.
+    pub batches_in_epoch: usize,
+    /// Best validation NDCG@10 so far.
+    pub best_ndcg10: Option<f64>,
+    /// Evaluations since it improved.
+    pub since_best: usize,
+    /// The model description (checked on resume).
+    pub model: ModelInfo,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Named f32 tensors: (name, shape, values).
+pub type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn serialize(tensors: &Named) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v)))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::checkpoint("(being written)", e.to_string()))?;
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::checkpoint("(being written)", e.to_string()))
+}
+
+/// Tensors by name: (shape, values).
+type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn deserialize(bytes: &[u8], location: &str) -> Result<Tensors> {
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| Error::checkpoint(location, e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::checkpoint(
+                location,
+                format!("{name} is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let vals = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), vals));
+    }
+    Ok(out)
+}
+
+/// The model's weights as named tensors (dense parameters and `items`).
+pub fn model_tensors(model: &SeqModel) -> Result<Named> {
+    let mut out = Vec::new();
+    let conv = seqclust_model::Error::from_candle("export");
+    for (name, var) in model.vars()? {
+        let vals = var
+            .flatten_all()
+            .map_err(&conv)?
+            .to_vec1::<f32>()
+            .map_err(&conv)?;
+        out.push((name, var.dims().to_vec(), vals));
+    }
+    out.push((
+        "items".to_string(),
+        vec![model.items.rows(), model.items.dim()],
+        model.items.values().to_vec(),
+    ));
+    Ok(out)
+}
+
+/// Loads weights saved by [`model_tensors`] into a model built from the same config.
+pub fn load_weights(model: &mut SeqModel, bytes: &[u8], location: &str) -> Result<()> {
+    let mut t = deserialize(bytes, location)?;
+    let mut dense = Vec::new();
+    for (name, var) in model.vars()? {
+        let (shape, vals) = t
+            .remove(&name)
+            .ok_or_else(|| Error::checkpoint(location, format!("no tensor {name}")))?;
+        if shape != var.dims() {
+            return Err(Error::checkpoint(
+                location,
+                format!("{name} has shape {shape:?}, the model {:?}", var.dims()),
+            ));
+        }
+        dense.extend(vals);
+    }
+    model.set_dense_values(&dense)?;
+    let (shape, vals) = t
+        .remove("items")
+        .ok_or_else(|| Error::checkpoint(location, "no tensor items"))?;
+    if shape != [model.items.rows(), model.items.dim()] {
+        return Err(Error::checkpoint(
+            location,
+            format!(
+                "item table {shape:?}, the model {}×{}",
+                model.items.rows(),
+                model.items.dim()
+            ),
+        ));
+    }
+    model.items = ItemTable::from_values(shape[0], shape[1], vals)?;
+    Ok(())
+}
+
+/// Saves a checkpoint and moves `LATEST` to it.
+pub async fn save_checkpoint(
+    run: &Location,
+    model: &SeqModel,
+    opt: &Optimizer,
+    state: &TrainState,
+) -> Result<String> {
+    let dir = format!("checkpoints/step-{:09}", state.step);
+    let (m, v) = opt.moments();
+    let (im, iv) = model.items.moments();
+    let optim = serialize(&vec![
+        ("dense.m".into(), vec![m.len()], m.to_vec()),
+        ("dense.v".into(), vec![v.len()], v.to_vec()),
+        ("items.m".into(), vec![im.len()], im.to_vec()),
+        ("items.v".into(), vec![iv.len()], iv.to_vec()),
+    ])?;
+    run.put(
+        &format!("{dir}/model.safetensors"),
+        Bytes::from(serialize(&model_tensors(model)?)?),
+    )
+    .await?;
+    run.put(&format!("{dir}/optimizer.safetensors"), Bytes::from(optim))
+        .await?;
+    let json =
+        serde_json::to_vec_pretty(state).map_err(|e| Error::checkpoint(&dir, e.to_string()))?;
+    run.put(&format!("{dir}/state.json"), Bytes::from(json))
+        .await?;
+    run.put("checkpoints/LATEST", Bytes::from(dir.clone()))
+        .await?;
+    Ok(dir)
+}
+
+/// Restores the latest checkpoint into `model` and `opt`; `None` when there is none.
+/// Fails when the checkpoint's encoder or vocabulary differ from the model's.
+pub async fn load_latest(
+    run: &Location,
+    model: &mut SeqModel,
+    opt: &mut Optimizer,
+) -> Result<Option<TrainState>> {
+    if !run.exists("checkpoints/LATEST").await? {
+        return Ok(None);
+    }
+    let dir = String::from_utf8_lossy(&run.get("checkpoints/LATEST").await?)
+        .trim()
+        .to_string();
+    let loc = run.display_of(&dir);
+    let state: TrainState = serde_json::from_slice(&run.get(&format!("{dir}/state.json")).await?)
+        .map_err(|e| Error::checkpoint(&loc, format!("state.json: {e}")))?;
+    if state.model.encoder != *model.config() {
+        return Err(Error::checkpoint(
+            &loc,
+            format!(
+                "was trained with encoder {:?}, the config asks for {:?}; use a new output location or the same [encoder]",
+                state.model.encoder,
+                model.config()
+            ),
+        ));
+    }
+    if state.model.vocab != model.vocab() {
+        return Err(Error::checkpoint(
+            &loc,
+            format!(
+                "vocabulary {:?} differs from the dataset's {:?}",
+                state.model.vocab,
+                model.vocab()
+            ),
+        ));
+    }
+    load_weights(
+        model,
+        &run.get(&format!("{dir}/model.safetensors")).await?,
+        &loc,
+    )?;
+    let mut o = deserialize(
+        &run.get(&format!("{dir}/optimizer.safetensors")).await?,
+        &loc,
+    )?;
+    let mut take = |n: &str| {
+        o.remove(n)
+            .map(|x| x.1)
+            .ok_or_else(|| Error::checkpoint(&loc, format!("no tensor {n}")))
+    };
+    let (m, v, im, iv) = (
+        take("dense.m")?,
+        take("dense.v")?,
+        take("items.m")?,
+        take("items.v")?,
+    );
+    opt.restore(state.step, m, v)?;
+    model.items.set_moments(im, iv)?;
+    Ok(Some(state))
+}
+
+/// Writes the final model: `model/config.json` and `model/encoder.safetensors`.
+pub async fn save_model(run: &Location, model: &SeqModel, info: &ModelInfo) -> Result<()> {
+    run.put(
+        "model/encoder.safetensors",
+        Bytes::from(serialize(&model_tensors(model)?)?),
+    )
+    .await?;
+    let json = serde_json::to_vec_pretty(info)
+        .map_err(|e| Error::checkpoint("model/config.json", e.to_string()))?;
+    run.put("model/config.json", Bytes::from(json)).await?;
+    Ok(())
+}
+
+/// Loads a model written by [`save_model`].
+pub async fn load_model(run: &Location) -> Result<(SeqModel, ModelInfo)> {
+    let loc = run.display_of("model/config.json");
+    let info: ModelInfo = serde_json::from_slice(&run.get("model/config.json").await?)
+        .map_err(|e| Error::checkpoint(&loc, e.to_string()))?;
+    let mut model = SeqModel::new(&info.encoder, info.vocab, 0)?;
+    load_weights(
+        &mut model,
+        &run.get("model/encoder.safetensors").await?,
+        &run.display_of("model/encoder.safetensors"),
+    )?;
+    Ok((model, info))
+}

@@ -1,0 +1,137 @@
+//! A training job: `[dataset]`, `[encoder]`, `[objective]`, `[train]` (TOML).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use seqclust_model::{EncoderConfig, ObjectiveConfig};
+
+/// Which dataset to train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetRef {
+    /// A dataset location (directory or URL), or `NAME[/VERSION]` under `root`.
+    pub uri: String,
+    /// Storage root for names.
+    pub root: String,
+}
+
+impl Default for DatasetRef {
+    fn default() -> Self {
+        DatasetRef {
+            uri: String::new(),
+            root: "./seqclust-data".into(),
+        }
+    }
+}
+
+/// Optimisation and evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training users at most.
+    pub epochs: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Warm-up steps (linear), then cosine decay to `lr × min_lr_ratio`.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `lr`.
+    pub min_lr_ratio: f32,
+    /// Clip the global gradient norm at this (0 disables).
+    pub clip_norm: f32,
+    /// Seed of everything random (initialisation, order, dropout, sampling).
+    pub seed: u64,
+    /// Evaluate on the validation split every this many epochs (0 disables).
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improving NDCG@10 (0 disables).
+    pub patience: usize,
+    /// Users evaluated (0 = all).
+    pub eval_users: usize,
+    /// Write a checkpoint every this many steps (0: only at each epoch end).
+    pub checkpoint_every: u64,
+    /// Log a step line every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 20,
+            batch_size: 256,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            clip_norm: 5.0,
+            seed: 42,
+            eval_every: 1,
+            patience: 5,
+            eval_users: 0,
+            checkpoint_every: 0,
+            log_every: 50,
+        }
+    }
+}
+
+/// A whole training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainJob {
+    /// Input dataset.
+    pub dataset: DatasetRef,
+    /// Encoder architecture.
+    pub encoder: EncoderConfig,
+    /// Objectives.
+    pub objective: ObjectiveConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+}
+
+impl TrainJob {
+    /// Parses a TOML job file.
+    pub fn from_file(path: &std::path::Path) -> Result<TrainJob> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Write {
+            what: path.display().to_string(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|source| Error::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Checks every table; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.dataset.uri.trim().is_empty() {
+            return Err(Error::config("dataset.uri", "no dataset given"));
+        }
+        self.encoder.validate()?;
+        self.objective.validate(&self.encoder)?;
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(Error::config("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size < 2 {
+            return Err(Error::config("train.batch_size", "must be at least 2"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(Error::config("train.lr", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(Error::config("train.min_lr_ratio", "must be in [0, 1]"));
+        }
+        if !(t.weight_decay >= 0.0 && t.clip_norm >= 0.0) {
+            return Err(Error::config(
+                "train.weight_decay",
+                "weight_decay and clip_norm must be >= 0",
+            ));
+        }
+        if t.log_every == 0 {
+            return Err(Error::config("train.log_every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod evaluate;
+pub mod examples;
+pub mod train;
+
+pub use checkpoint::{ModelInfo, load_model, save_model};
+pub use config::{DatasetRef, TrainConfig, TrainJob};
+pub use error::{Error, Result};
+pub use evaluate::{Evaluation, embed, evaluate};
+pub use examples::{Holdout, Owned};
+pub use train::{
+    EvalLog, Observer, StepLog, TrainReport, held_out_examples, open_dataset, train, vocab_of,
+};
