@@ -43,6 +43,11 @@ impl LayerNorm {
         Ok(LayerNorm { gamma, beta })
     }
 
+    /// The weight γ and the bias β.
+    pub fn parts(&self) -> (&Tensor, &Tensor) {
+        (&self.gamma, &self.beta)
+    }
+
     /// Normalises `x` (`… × dim`), with the fused kernel when `fused`.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         if fused {
@@ -85,6 +90,11 @@ impl Linear {
             None
         };
         Ok(Linear { w, b })
+    }
+
+    /// The weight (`out × in`) and the bias.
+    pub fn parts(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.w, self.b.as_ref())
     }
 
     /// Applies the layer to `… × input`.
@@ -130,6 +140,11 @@ impl Embedding {
             )
             .ctx("embedding")?;
         Ok(Embedding { table, dim })
+    }
+
+    /// The table, `n × dim`.
+    pub fn table(&self) -> &Tensor {
+        &self.table
     }
 
     /// Rows for `ids` (`shape` of the ids), as `shape × dim`.

@@ -6,11 +6,13 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 
 use crate::config::{EncoderConfig, EncoderKind, Pooling, Vocab};
 use crate::error::{Ctx, Error, Result};
 use crate::features::BatchInput;
 use crate::item_table::ItemTable;
+use crate::kernels::block::Mode;
 use crate::layers::{Embedding, LayerNorm, dropout, l2_normalize, mask_tensor};
 use crate::recurrent::{Cell, RecurrentLayer};
 use crate::transformer::Block;
@@ -247,7 +249,20 @@ impl SeqModel {
         &self,
         input: &BatchInput,
         item_rows: &Tensor,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Encoded> {
+        self.run(input, item_rows, rng, true)
+    }
+
+    /// [`Self::forward`]; without `train` the fused kernels keep nothing for a backward, and
+    /// with last-position pooling the final block computes only the last position (so
+    /// `states` is then `b × 1 × dim`).
+    fn run(
+        &self,
+        input: &BatchInput,
+        item_rows: &Tensor,
         mut rng: Option<&mut ChaCha8Rng>,
+        train: bool,
     ) -> Result<Encoded> {
         let (b, t) = (input.b, input.t);
         let dev = &self.device;
@@ -283,6 +298,65 @@ impl SeqModel {
         let mask = mask_tensor(&input.mask, b, t, dev)?;
         x = dropout(&x, self.cfg.dropout, rng.as_deref_mut())?;
         x = x.broadcast_mul(&mask).ctx("mask input")?;
+        self.body(input, x, &mask, rng, train)
+    }
+
+    /// The input embedding of [`Self::run`] without autograd or dropout, in one pass over
+    /// the gathered item rows instead of one tensor op per feature (inference on the CPU).
+    fn input_plain(&self, input: &BatchInput) -> Result<Tensor> {
+        let (b, t, d) = (input.b, input.t, self.cfg.dim);
+        let mut x = self.items.gather(&input.items);
+        let scale = match self.cfg.kind {
+            EncoderKind::Transformer | EncoderKind::BiTransformer => (d as f32).sqrt(),
+            _ => 1.0,
+        };
+        let table = |e: &Option<Embedding>| -> Result<Option<Vec<f32>>> {
+            e.as_ref()
+                .map(|e| e.table().flatten_all()?.to_vec1::<f32>())
+                .transpose()
+                .ctx("embedding table")
+        };
+        let (act, cat, gap, pos) = (
+            table(&self.action)?,
+            table(&self.category)?,
+            table(&self.gap)?,
+            table(&self.position)?,
+        );
+        let max_cat = self.vocab.categories.saturating_sub(1) as u32;
+        let first_pos = self.cfg.max_len + 1 - t;
+        fn row(tab: &Option<Vec<f32>>, id: usize, d: usize) -> Option<&[f32]> {
+            tab.as_ref().map(|v| &v[id * d..(id + 1) * d])
+        }
+        x.par_chunks_mut(t * d).enumerate().for_each(|(s, seq)| {
+            for (j, out) in seq.chunks_exact_mut(d).enumerate() {
+                let i = s * t + j;
+                // the same features in the same order as the autograd path
+                let parts = [
+                    row(&act, input.actions[i] as usize, d),
+                    row(&cat, input.categories[i].min(max_cat) as usize, d),
+                    row(&gap, input.gaps[i] as usize, d),
+                    row(&pos, first_pos + j, d),
+                ];
+                out.iter_mut().for_each(|v| *v *= scale);
+                for p in parts.into_iter().flatten() {
+                    out.iter_mut().zip(p).for_each(|(v, a)| *v += a);
+                }
+                let m = input.mask[i];
+                out.iter_mut().for_each(|v| *v *= m);
+            }
+        });
+        Tensor::from_vec(x, (b, t, d), &self.device).ctx("input")
+    }
+
+    /// The body and pooling of [`Self::run`] over the masked input `x`.
+    fn body(
+        &self,
+        input: &BatchInput,
+        x: Tensor,
+        mask: &Tensor,
+        mut rng: Option<&mut ChaCha8Rng>,
+        train: bool,
+    ) -> Result<Encoded> {
         let states = match &self.body {
             Body::Recurrent(layers) => {
                 let mut h = x;
@@ -290,7 +364,7 @@ impl SeqModel {
                     if l > 0 {
                         h = dropout(&h, self.cfg.dropout, rng.as_deref_mut())?;
                     }
-                    h = layer.forward(&h, &mask)?;
+                    h = layer.forward(&h, mask, &input.mask, self.fused, train)?;
                 }
                 h
             }
@@ -300,21 +374,26 @@ impl SeqModel {
                 causal,
             } => {
                 let mut h = x;
-                for block in blocks {
+                let last_only = !train && self.cfg.pooling == Pooling::Last;
+                for (i, block) in blocks.iter().enumerate() {
+                    let mode = match () {
+                        () if train => Mode::Train,
+                        () if last_only && i + 1 == blocks.len() => Mode::InferLast,
+                        () => Mode::Infer,
+                    };
                     h = block.forward(
                         &h,
                         &input.mask,
                         *causal,
                         self.cfg.dropout,
                         rng.as_deref_mut(),
-                        self.fused,
+                        self.fused.then_some(mode),
                     )?;
-                    h = h.broadcast_mul(&mask).ctx("mask")?;
                 }
                 norm.forward(&h, self.fused)?
             }
         };
-        let user = self.pool(&states, &mask, input)?;
+        let user = self.pool(&states, mask)?;
         let user = if self.cfg.normalize {
             l2_normalize(&user)?
         } else {
@@ -323,11 +402,11 @@ impl SeqModel {
         Ok(Encoded { states, user })
     }
 
-    fn pool(&self, states: &Tensor, mask: &Tensor, input: &BatchInput) -> Result<Tensor> {
-        let t = input.t;
+    fn pool(&self, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
         match self.cfg.pooling {
+            // the final block may have computed the last position only
             Pooling::Last => states
-                .narrow(1, t - 1, 1)
+                .narrow(1, states.dim(1).ctx("last")? - 1, 1)
                 .ctx("last")?
                 .squeeze(1)
                 .ctx("last")?
@@ -361,8 +440,13 @@ impl SeqModel {
 
     /// Encodes a batch without dropout and returns the user vectors (`b × dim`, row-major).
     pub fn embed(&self, input: &BatchInput) -> Result<Vec<f32>> {
-        let rows = self.gather_items(input)?;
-        let enc = self.forward(input, &rows, None)?;
+        let enc = if self.fused {
+            let x = self.input_plain(input)?;
+            let mask = mask_tensor(&input.mask, input.b, input.t, &self.device)?;
+            self.body(input, x, &mask, None, false)?
+        } else {
+            self.run(input, &self.gather_items(input)?, None, false)?
+        };
         enc.user
             .flatten_all()
             .ctx("embed")?

@@ -41,11 +41,33 @@ impl RecurrentLayer {
         })
     }
 
-    /// Runs over `x` (`b × t × input`) with `mask` (`b × t × 1`, 1 = event); returns every
-    /// position's hidden state (`b × t × hidden`).
-    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// Runs over `x` (`b × t × input`) with `mask` (`b × t × 1`, 1 = event; `mask_values` the
+    /// same as a slice); returns every position's hidden state (`b × t × hidden`). With
+    /// `fused`, a GRU runs as one op over all steps ([`crate::kernels::gru`]), keeping what
+    /// its backward needs only when `train`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mask_values: &[f32],
+        fused: bool,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3().ctx("recurrent input")?;
         let hd = self.hidden;
+        if fused && self.cell == Cell::Gru {
+            let flat = |l: &Linear| -> Result<[Tensor; 2]> {
+                let (w, bias) = l.parts();
+                let bias = bias.ok_or_else(|| crate::error::Error::Shape("GRU bias".into()))?;
+                Ok([w.flatten_all().ctx("gru params")?, bias.clone()])
+            };
+            let [w_ih, b_ih] = flat(&self.input_proj)?;
+            let [w_hh, b_hh] = flat(&self.hidden_proj)?;
+            let params = Tensor::cat(&[w_ih, b_ih, w_hh, b_hh], 0).ctx("gru params")?;
+            let x = x.contiguous().ctx("gru input")?;
+            return crate::kernels::gru::Gru::apply(&x, &params, mask_values.to_vec(), hd, train)
+                .ctx("gru");
+        }
         let xp = self.input_proj.forward(x)?;
         let mut h = Tensor::zeros((b, hd), x.dtype(), x.device()).ctx("h0")?;
         let mut c = h.clone();

@@ -3,9 +3,11 @@
 
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
+use rand::RngExt;
 use rand::rngs::ChaCha8Rng;
 
 use crate::error::{Ctx, Result};
+use crate::kernels::block::{BlockShape, Mode};
 use crate::layers::{LayerNorm, Linear, dropout};
 
 /// One block.
@@ -38,8 +40,51 @@ impl Block {
         })
     }
 
-    /// `x`: `b × t × dim`; `mask`: `b × t` (1 = event). With `fused` the attention and the
-    /// layer norms run as fused kernels; otherwise as plain candle ops.
+    /// The parameters as one flat vector in the order of [`crate::kernels::block`].
+    fn packed(&self) -> Result<Tensor> {
+        let flat = |t: &Tensor| t.flatten_all().ctx("block params");
+        let lin = |l: &Linear| -> Result<(Tensor, Tensor)> {
+            let (w, b) = l.parts();
+            let b = b.ok_or_else(|| crate::error::Error::Shape("block bias".into()))?;
+            Ok((flat(w)?, b.clone()))
+        };
+        let (g1, b1) = self.ln1.parts();
+        let (g2, b2) = self.ln2.parts();
+        let (wq, bq) = lin(&self.q)?;
+        let (wk, bk) = lin(&self.k)?;
+        let (wv, bv) = lin(&self.v)?;
+        let (wo, bo) = lin(&self.o)?;
+        let (w1, bf1) = lin(&self.ff1)?;
+        let (w2, bf2) = lin(&self.ff2)?;
+        Tensor::cat(
+            &[
+                g1.clone(),
+                b1.clone(),
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                wo,
+                bo,
+                g2.clone(),
+                b2.clone(),
+                w1,
+                bf1,
+                w2,
+                bf2,
+            ],
+            0,
+        )
+        .ctx("block params")
+    }
+
+    /// `x`: `b × t × dim`; `mask`: `b × t` (1 = event). Returns the block's output with
+    /// padding positions zeroed. With `fused: Some(mode)` the whole block runs as one op
+    /// ([`crate::kernels::block`]); `mode` says whether to keep activations and whether only
+    /// the last position is wanted (`b × 1 × dim`). With `None` it runs as plain candle ops
+    /// (same values, any device, every position).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -47,12 +92,32 @@ impl Block {
         causal: bool,
         p: f32,
         mut rng: Option<&mut ChaCha8Rng>,
-        fused: bool,
+        fused: Option<Mode>,
     ) -> Result<Tensor> {
         let (b, t, d) = x.dims3().ctx("block input")?;
+        if let Some(mode) = fused {
+            let shape = BlockShape {
+                dim: d,
+                heads: self.heads,
+                ff: self.ff1.parts().0.dim(0).ctx("block")?,
+                causal,
+                dropout: p,
+            };
+            let seed = rng.map(|r| r.random::<u64>());
+            let x = x.contiguous().ctx("block input")?;
+            return crate::kernels::block::Block::apply(
+                &x,
+                &self.packed()?,
+                shape,
+                mask.to_vec(),
+                seed,
+                mode,
+            )
+            .ctx("transformer block");
+        }
         let h = self.heads;
         let dh = d / h;
-        let a = self.ln1.forward(x, fused)?;
+        let a = self.ln1.forward(x, false)?;
         let split = |y: Tensor| -> Result<Tensor> {
             y.reshape((b, t, h, dh))
                 .ctx("heads")?
@@ -64,30 +129,25 @@ impl Block {
         let q = split(self.q.forward(&a)?)?;
         let k = split(self.k.forward(&a)?)?;
         let v = split(self.v.forward(&a)?)?;
-        let attended = if fused {
-            let seed = rng.as_deref_mut().map(rand::RngExt::random::<u64>);
-            crate::kernels::attention::Attention::apply(&q, &k, &v, mask.to_vec(), causal, p, seed)
-                .ctx("attention")?
-        } else {
-            let bias = attention_bias(mask, b, t, causal, x.device())?;
-            let scores =
-                (q.matmul(&k.t().ctx("kᵀ")?).ctx("qkᵀ")? / (dh as f64).sqrt()).ctx("scale")?;
-            let scores = scores.broadcast_add(&bias).ctx("mask")?;
-            let attn = candle_nn::ops::softmax(&scores, D::Minus1).ctx("softmax")?;
-            let attn = dropout(&attn, p, rng.as_deref_mut())?;
-            attn.matmul(&v).ctx("attention")?
-        };
+        let bias = attention_bias(mask, b, t, causal, x.device())?;
+        let scores = (q.matmul(&k.t().ctx("kᵀ")?).ctx("qkᵀ")? / (dh as f64).sqrt()).ctx("scale")?;
+        let scores = scores.broadcast_add(&bias).ctx("mask")?;
+        let attn = candle_nn::ops::softmax(&scores, D::Minus1).ctx("softmax")?;
+        let attn = dropout(&attn, p, rng.as_deref_mut())?;
+        let attended = attn.matmul(&v).ctx("attention")?;
         let ctxv = attended
             .transpose(1, 2)
             .ctx("merge")?
             .reshape((b, t, d))
             .ctx("merge")?;
         let x = (x + dropout(&self.o.forward(&ctxv)?, p, rng.as_deref_mut())?).ctx("residual")?;
-        let f = self.ln2.forward(&x, fused)?;
+        let f = self.ln2.forward(&x, false)?;
         let f = self
             .ff2
             .forward(&self.ff1.forward(&f)?.relu().ctx("relu")?)?;
-        (x + dropout(&f, p, rng)?).ctx("residual")
+        let y = (x + dropout(&f, p, rng)?).ctx("residual")?;
+        let m = crate::layers::mask_tensor(mask, b, t, y.device())?;
+        y.broadcast_mul(&m).ctx("mask")
     }
 }
 

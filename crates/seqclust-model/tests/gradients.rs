@@ -257,9 +257,17 @@ fn training_reduces_the_loss_and_is_deterministic() {
 
 #[test]
 fn fused_kernels_match_the_plain_path() {
-    let d = data(8, VOCAB.items as u32);
+    // more sequences than one chunk of the fused kernels, and not a multiple of it
+    let d = data(21, VOCAB.items as u32);
     let s = seqs(&d);
     for (kind, obj) in [
+        (
+            EncoderKind::Gru,
+            ObjectiveConfig {
+                contrastive: 0.5,
+                ..Default::default()
+            },
+        ),
         (EncoderKind::Transformer, ObjectiveConfig::default()),
         (
             EncoderKind::BiTransformer,
@@ -307,6 +315,36 @@ fn fused_kernels_match_the_plain_path() {
                 (x - y).abs() < 1e-4 + 1e-3 * y.abs(),
                 "{kind:?}: item grad {x} vs {y}"
             );
+        }
+    }
+}
+
+#[test]
+fn inference_path_matches_the_plain_path() {
+    // the fused inference skips saving activations and, with last-position pooling, runs
+    // the final block for the last position only; the plain path computes everything
+    let d = data(21, VOCAB.items as u32);
+    let s = seqs(&d);
+    for kind in [
+        EncoderKind::Gru,
+        EncoderKind::Transformer,
+        EncoderKind::BiTransformer,
+    ] {
+        for pooling in [Pooling::Last, Pooling::Mean] {
+            let cfg = tiny(kind, pooling);
+            let fused = SeqModel::new(&cfg, VOCAB, 4).unwrap();
+            let mut plain = SeqModel::new(&cfg, VOCAB, 4).unwrap();
+            plain.set_fused(false);
+            let input = seqclust_model::BatchInput::encode(&s, cfg.max_len, cfg.time_buckets);
+            let (a, b) = (fused.embed(&input).unwrap(), plain.embed(&input).unwrap());
+            assert_eq!(a.len(), 21 * cfg.dim);
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() < 1e-4 + 1e-4 * y.abs(),
+                    "{kind:?} {pooling:?}: {x} vs {y}"
+                );
+            }
         }
     }
 }

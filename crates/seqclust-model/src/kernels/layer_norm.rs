@@ -5,7 +5,10 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
+
+use super::{cpu_f32, flat, sum_map, sum_map2, sum_map3, sum_parts};
 
 /// The op (ε = 1e-6, as the plain version).
 pub struct LayerNorm {
@@ -13,7 +16,7 @@ pub struct LayerNorm {
     saved: Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
-const EPS: f32 = 1e-6;
+pub(crate) const EPS: f32 = 1e-6;
 const ROWS: usize = 256;
 
 impl LayerNorm {
@@ -29,14 +32,61 @@ impl LayerNorm {
     }
 }
 
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("layer norm: f32 expected")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("layer norm: contiguous input expected")
-    };
-    Ok(&v[a..b])
+/// Normalises `n` rows of `x` (`n × d`): writes `y = x̂ γ + β`, `x̂` and `1/σ` per row.
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub(crate) fn rows_fwd(
+    x: &[f32],
+    (g, b): (&[f32], &[f32]),
+    y: &mut [f32],
+    xh: &mut [f32],
+    inv: &mut [f32],
+) {
+    let d = g.len();
+    for (r, is_out) in inv.iter_mut().enumerate() {
+        let row = &x[r * d..(r + 1) * d];
+        let mean = sum_map(row, |v| v) / d as f32;
+        let var = sum_map(row, |v| (v - mean) * (v - mean)) / d as f32;
+        let is = 1.0 / (var + EPS).sqrt();
+        *is_out = is;
+        let (yr, hr) = (&mut y[r * d..(r + 1) * d], &mut xh[r * d..(r + 1) * d]);
+        for j in 0..d {
+            let h = (row[j] - mean) * is;
+            hr[j] = h;
+            yr[j] = h * g[j] + b[j];
+        }
+    }
+}
+
+/// The backward of [`rows_fwd`] for `inv.len()` rows: `dx` is set (or, with `accumulate`,
+/// added to); `dg`, `db` are added to.
+#[multiversion(targets("x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_bwd(
+    dy: &[f32],
+    xh: &[f32],
+    inv: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = g.len();
+    for (i, &is) in inv.iter().enumerate() {
+        let (h, dyr) = (&xh[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+        let mg = sum_map2(dyr, g, |a, b| a * b) / d as f32;
+        let mgh = sum_map3(dyr, g, h, |a, b, c| a * b * c);
+        for j in 0..d {
+            dg[j] += dyr[j] * h[j];
+            db[j] += dyr[j];
+        }
+        let mgh = mgh / d as f32;
+        let dxr = &mut dx[i * d..(i + 1) * d];
+        for j in 0..d {
+            let v = is * (dyr[j] * g[j] - mg - h[j] * mgh);
+            dxr[j] = if accumulate { dxr[j] + v } else { v };
+        }
+    }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -53,7 +103,12 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g, b) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let op = "layer norm";
+        let (x, g, b) = (
+            cpu_f32(op, s1, l1)?,
+            cpu_f32(op, s2, l2)?,
+            cpu_f32(op, s3, l3)?,
+        );
         let d = g.len();
         if d == 0 || x.len() % d != 0 || b.len() != d {
             candle_core::bail!("layer norm: inconsistent shapes");
@@ -67,18 +122,8 @@ impl CustomOp3 for LayerNorm {
             .zip(inv.par_chunks_mut(ROWS))
             .enumerate()
             .for_each(|(c, ((yc, hc), ic))| {
-                for r in 0..ic.len() {
-                    let row = &x[(c * ROWS + r) * d..(c * ROWS + r + 1) * d];
-                    let mean = row.iter().sum::<f32>() / d as f32;
-                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                    let is = 1.0 / (var + EPS).sqrt();
-                    ic[r] = is;
-                    for j in 0..d {
-                        let h = (row[j] - mean) * is;
-                        hc[r * d + j] = h;
-                        yc[r * d + j] = h * g[j] + b[j];
-                    }
-                }
+                let x = &x[c * ROWS * d..(c * ROWS + ic.len()) * d];
+                rows_fwd(x, (g, b), yc, hc, ic);
             });
         *self
             .saved
@@ -97,55 +142,46 @@ impl CustomOp3 for LayerNorm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = gamma.dim(0)?;
         let g = gamma.to_vec1::<f32>()?;
-        let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let (xh, inv) = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
-            .clone();
+        let dy = flat(grad)?;
+        let (xh, inv) = std::mem::take(
+            &mut *self
+                .saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("poisoned".into()))?,
+        );
         let n = inv.len();
         if xh.len() != n * d || dy.len() != n * d {
             candle_core::bail!("layer norm backward without its forward");
         }
         let mut dx = vec![0f32; n * d];
         // per-chunk partial dγ, dβ, merged in chunk order (deterministic)
-        let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+        let parts: Vec<Vec<f32>> = dx
             .par_chunks_mut(ROWS * d)
             .enumerate()
             .map(|(c, dxc)| {
-                let mut dg = vec![0f32; d];
-                let mut db = vec![0f32; d];
-                for r in 0..dxc.len() / d {
-                    let i = c * ROWS + r;
-                    let (h, dyr) = (&xh[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-                    let mut mg = 0f32;
-                    let mut mgh = 0f32;
-                    for j in 0..d {
-                        let gj = dyr[j] * g[j];
-                        mg += gj;
-                        mgh += gj * h[j];
-                        dg[j] += dyr[j] * h[j];
-                        db[j] += dyr[j];
-                    }
-                    mg /= d as f32;
-                    mgh /= d as f32;
-                    for j in 0..d {
-                        dxc[r * d + j] = inv[i] * (dyr[j] * g[j] - mg - h[j] * mgh);
-                    }
-                }
-                (dg, db)
+                let mut part = vec![0f32; 2 * d];
+                let (dg, db) = part.split_at_mut(d);
+                let rows = c * ROWS..c * ROWS + dxc.len() / d;
+                let span = rows.start * d..rows.end * d;
+                rows_bwd(
+                    &dy[span.clone()],
+                    &xh[span],
+                    &inv[rows],
+                    &g,
+                    dxc,
+                    false,
+                    dg,
+                    db,
+                );
+                part
             })
             .collect();
-        let mut dg = vec![0f32; d];
-        let mut db = vec![0f32; d];
-        for (a, c) in parts {
-            dg.iter_mut().zip(&a).for_each(|(x, y)| *x += y);
-            db.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
-        }
+        let mut part = sum_parts(parts, 2 * d);
+        let db = part.split_off(d);
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dg, d, dev)?),
+            Some(Tensor::from_vec(part, d, dev)?),
             Some(Tensor::from_vec(db, d, dev)?),
         ))
     }
