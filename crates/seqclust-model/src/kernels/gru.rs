@@ -175,9 +175,9 @@ fn step_infer(
         let x = &xp[j * xs..j * xs + 3 * hd];
         let p = &hp[j * 3 * hd..(j + 1) * 3 * hd];
         let hj = &mut h[j * hd..(j + 1) * hd];
-        for k in 0..hd {
+        for (k, hk) in hj.iter_mut().enumerate() {
             let (_, z, n, _) = gates(x, p, hd, k);
-            hj[k] += m * (n + z * (hj[k] - n) - hj[k]);
+            *hk += m * (n + z * (*hk - n) - *hk);
         }
         out[j * os..j * os + hd].copy_from_slice(hj);
     }
