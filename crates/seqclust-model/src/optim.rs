@@ -42,6 +42,11 @@ pub struct Optimizer {
     pub params: AdamParams,
     /// Steps taken.
     pub step: u64,
+    /// Update every item-table row each step (dense AdamW over a materialised gradient, what
+    /// PyTorch's default optimiser does to an `nn.Embedding`) instead of only the rows the
+    /// batch touched: the baseline the lazy update is measured against (`seqclust bench
+    /// encoder --table dense`). Off by default.
+    pub dense_table: bool,
     m: Vec<f32>,
     v: Vec<f32>,
 }
@@ -64,6 +69,7 @@ impl Optimizer {
         Ok(Optimizer {
             params,
             step: 0,
+            dense_table: false,
             m: vec![0.0; n],
             v: vec![0.0; n],
         })
@@ -114,7 +120,19 @@ impl Optimizer {
         let mut w = model.dense_values()?;
         adamw_update(&mut w, &g.dense, &mut self.m, &mut self.v, &p, self.step);
         model.set_dense_values(&w)?;
-        model.items.apply(&g.items, &p, self.step)?;
+        if self.dense_table {
+            let d = model.items.dim();
+            let mut full = vec![0f32; model.items.rows() * d];
+            for (k, &id) in g.items.ids.iter().enumerate() {
+                let r = id as usize * d;
+                if let Some(row) = full.get_mut(r..r + d) {
+                    row.copy_from_slice(&g.items.rows[k * d..(k + 1) * d]);
+                }
+            }
+            model.items.apply_dense(&full, &p, self.step)?;
+        } else {
+            model.items.apply(&g.items, &p, self.step)?;
+        }
         Ok(StepReport {
             lr,
             grad_norm: norm,

@@ -50,6 +50,10 @@ pub struct EncoderBench {
     /// Use the plain-candle path instead of the fused kernels.
     #[arg(long)]
     plain: bool,
+    /// Item-table update: `lazy` (only the rows a batch touched) or `dense` (every row each
+    /// step, as PyTorch's default AdamW does), to measure the row-sparse gain.
+    #[arg(long, default_value = "lazy", value_parser = ["lazy", "dense"])]
+    table: String,
     /// Tag of the JSON lines (make_table.py puts runs side by side by tag).
     #[arg(long, default_value = "round1")]
     tag: String,
@@ -106,7 +110,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
     let ts: Vec<i64> = (0..=a.seq_len as i64).collect();
     let counts = vec![1u64; vocab.items];
     let popularity = Popularity::from_counts(&counts);
-    let args = json!({"vocab": a.vocab, "dim": a.dim, "seq_len": a.seq_len, "batch": a.batch, "negatives": a.negatives, "threads": a.threads, "fused": !a.plain});
+    let args = json!({"vocab": a.vocab, "dim": a.dim, "seq_len": a.seq_len, "batch": a.batch, "negatives": a.negatives, "threads": a.threads, "fused": !a.plain, "table": a.table, "warmup": warmup, "steps": steps});
     for enc in a.encoders.split(',').map(str::trim) {
         let kind = match enc {
             "gru" => EncoderKind::Gru,
@@ -150,6 +154,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             let mut model = SeqModel::new(&cfg, vocab, 1)?;
             model.set_fused(!a.plain);
             let mut opt = Optimizer::new(&model, AdamParams::default())?;
+            opt.dense_table = a.table == "dense";
             let probe = Probe::start();
             let (mut fwd, mut bwd, mut opt_ms, mut step_ms) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -186,9 +191,10 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             }
             let load = probe.finish();
             let ms = median(step_ms);
+            let adamw_label = format!("seqclust (dense + {} rows)", a.table);
             emit(
                 json!({"script": "encoder_rust", "tag": a.tag, "args": args, "results": [{
-                    "mode": "train", "encoder": enc, "loss": loss, "adamw": "seqclust (dense + lazy rows)", "world": 1,
+                    "mode": "train", "encoder": enc, "loss": loss, "adamw": adamw_label, "world": 1,
                     "threads_per_rank": a.threads, "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms,
                     "fwd_ms": median(fwd), "bwd_ms": median(bwd), "opt_ms": median(opt_ms), "approx_gflops": null, "load": load,
                 }]}),
@@ -222,9 +228,10 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             }
         }
         let ms = median(times);
+        // make_table.py keys rows by the AdamW column: a label keeps ours apart from PyTorch's
         emit(
             json!({"script": "encoder_rust", "tag": a.tag, "args": args, "results": [{
-                "mode": "infer", "encoder": enc, "loss": null, "adamw": null, "world": 1, "threads_per_rank": a.threads,
+                "mode": "infer", "encoder": enc, "loss": null, "adamw": "seqclust (no autograd)", "world": 1, "threads_per_rank": a.threads,
                 "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms, "fwd_ms": ms, "bwd_ms": null,
                 "opt_ms": null, "approx_gflops": null, "load": probe.finish(),
             }]}),
