@@ -15,7 +15,7 @@ use seqclust_model::{
 };
 use serde_json::json;
 
-use super::measure::Probe;
+use super::measure::{Probe, emit, median};
 
 /// Encoder training and inference throughput.
 #[derive(Debug, Args)]
@@ -60,25 +60,6 @@ pub struct EncoderBench {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn emit(line: serde_json::Value, out: Option<&PathBuf>) -> Result<()> {
-    let text = serde_json::to_string(&line)?;
-    println!("{text}");
-    if let Some(p) = out {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?;
-        writeln!(f, "{text}")?;
-    }
-    Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(a: EncoderBench) -> Result<()> {
@@ -198,7 +179,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                     "threads_per_rank": a.threads, "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms,
                     "fwd_ms": median(fwd), "bwd_ms": median(bwd), "opt_ms": median(opt_ms), "approx_gflops": null, "load": load,
                 }]}),
-                a.out.as_ref(),
+                a.out.as_deref(),
             )?;
         }
         // inference: encode a batch, no gradient
@@ -235,7 +216,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                 "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3), "step_ms": ms, "fwd_ms": ms, "bwd_ms": null,
                 "opt_ms": null, "approx_gflops": null, "load": probe.finish(),
             }]}),
-            a.out.as_ref(),
+            a.out.as_deref(),
         )?;
     }
     Ok(())

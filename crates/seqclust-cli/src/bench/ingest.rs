@@ -1,7 +1,7 @@
 //! `seqclust bench ingest`: generate a CSV event log, then time `seqclust ingest` on it against
 //! the polars peer script (`scripts/bench/ingest_polars.py`) in alternating rounds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use seqclust_data::generator::{GenConfig, GenFormat, generate_to_files};
 use seqclust_data::ingest::NoProgress;
 use serde_json::json;
 
-use super::measure;
+use super::measure::{self, emit};
 
 /// Ingest throughput and memory, side by side with a polars script.
 #[derive(Debug, Args)]
@@ -39,20 +39,6 @@ pub struct IngestBench {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn emit(line: serde_json::Value, out: Option<&Path>) -> Result<()> {
-    let text = serde_json::to_string(&line)?;
-    println!("{text}");
-    if let Some(p) = out {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?;
-        writeln!(f, "{text}")?;
-    }
-    Ok(())
 }
 
 pub fn run(a: IngestBench) -> Result<()> {

@@ -13,7 +13,7 @@ use seqclust_kmeans::{
 };
 use serde_json::json;
 
-use super::measure::Probe;
+use super::measure::{Probe, emit};
 
 /// k-means speed and quality on the peers' Gaussian-mixture file.
 #[derive(Debug, Args)]
@@ -85,20 +85,6 @@ fn load(dir: &Path, n: usize) -> Result<Data> {
         labels,
         source: f32_path.display().to_string(),
     })
-}
-
-fn emit(line: serde_json::Value, out: Option<&Path>) -> Result<()> {
-    let text = serde_json::to_string(&line)?;
-    println!("{text}");
-    if let Some(p) = out {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?;
-        writeln!(f, "{text}")?;
-    }
-    Ok(())
 }
 
 /// Inertia per point, ARI and NMI of all points against the final centroids, as the peers

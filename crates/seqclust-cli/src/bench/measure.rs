@@ -138,13 +138,48 @@ pub struct Probe {
     t: Instant,
 }
 
+/// CPU seconds of this process and of its children that have been waited for (a benchmark
+/// that runs ranks as child processes counts them as its own).
 fn own_cpu() -> f64 {
-    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: u is a valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    let of = |who| {
+        // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: u is a valid out-pointer.
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+/// Prints a JSON line and, with `out`, appends it to that file.
+pub fn emit(line: serde_json::Value, out: Option<&std::path::Path>) -> Result<()> {
+    let text = serde_json::to_string(&line)?;
+    println!("{text}");
+    if let Some(p) = out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("failed to open {}", p.display()))?;
+        writeln!(f, "{text}").with_context(|| format!("failed to write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The median (the mean of the middle two for an even count; NaN for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 impl Probe {

@@ -1,5 +1,6 @@
 //! `seqclust bench`: benchmarks that print JSON lines in the reference peers' result format.
 
+mod allreduce;
 mod encoder;
 mod ingest;
 mod kmeans;
@@ -23,6 +24,8 @@ enum Which {
     Kmeans(kmeans::KMeansBench),
     /// Encoder training and inference throughput (the PyTorch peer's configuration).
     Encoder(encoder::EncoderBench),
+    /// Ring all-reduce bandwidth between rank processes on loopback (the gloo peer's setup).
+    Allreduce(allreduce::AllReduceBench),
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -30,5 +33,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Which::Ingest(b) => ingest::run(b),
         Which::Kmeans(b) => kmeans::run(b),
         Which::Encoder(b) => encoder::run(b),
+        Which::Allreduce(b) => allreduce::run(b),
     }
 }
