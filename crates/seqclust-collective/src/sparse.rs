@@ -1,7 +1,5 @@
 //! Row-sparse gradients (item-embedding rows a step touched) and their exchange.
 
-use std::collections::BTreeMap;
-
 use crate::{Collective, Error, Result};
 
 /// `(row id, row)` pairs of width `dim`, ids ascending and unique.
@@ -78,32 +76,38 @@ impl SparseRows {
         Ok(s)
     }
 
-    /// The row-wise sum of several, ids ascending; rows are added in the order of `parts`.
+    /// The row-wise sum of several, ids ascending; rows are added in the order of `parts`
+    /// (so every rank that sums the same parts gets the same bits). Each part's ids are
+    /// ascending, so one merge walk per part places its rows: no per-row allocation.
     pub fn sum(parts: &[SparseRows]) -> Result<SparseRows> {
-        let dim = parts.first().map_or(0, |p| p.dim);
-        let mut acc: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+        let dim = parts
+            .iter()
+            .find(|p| !p.ids.is_empty())
+            .map_or(0, |p| p.dim);
         for p in parts {
             p.validate()?;
             if p.dim != dim && !p.ids.is_empty() {
                 return Err(Error::Invalid(format!("rows of width {} and {dim}", p.dim)));
             }
+        }
+        let mut ids: Vec<u32> = parts.iter().flat_map(|p| p.ids.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = vec![0f32; ids.len() * dim];
+        for p in parts {
+            let mut at = 0;
             for (k, &id) in p.ids.iter().enumerate() {
-                let row = &p.rows[k * dim..(k + 1) * dim];
-                acc.entry(id)
-                    .and_modify(|a| a.iter_mut().zip(row).for_each(|(a, b)| *a += b))
-                    .or_insert_with(|| row.to_vec());
+                // the union holds every id, in the same ascending order
+                while ids[at] != id {
+                    at += 1;
+                }
+                let out = &mut rows[at * dim..(at + 1) * dim];
+                out.iter_mut()
+                    .zip(&p.rows[k * dim..(k + 1) * dim])
+                    .for_each(|(a, b)| *a += b);
             }
         }
-        let mut out = SparseRows {
-            dim,
-            ids: Vec::with_capacity(acc.len()),
-            rows: Vec::with_capacity(acc.len() * dim),
-        };
-        for (id, row) in acc {
-            out.ids.push(id);
-            out.rows.extend_from_slice(&row);
-        }
-        Ok(out)
+        Ok(SparseRows { dim, ids, rows })
     }
 }
 

@@ -9,6 +9,9 @@ pub enum Error {
     /// The model failed.
     #[error("model error")]
     Model(#[from] seqclust_model::Error),
+    /// Exchanging gradients with the other ranks failed.
+    #[error("gradient exchange failed")]
+    Collective(#[from] seqclust_collective::Error),
     /// A setting is invalid; `field` names it.
     #[error("invalid training setting {field}: {message}")]
     Config {

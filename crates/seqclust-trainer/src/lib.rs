@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod error;
 pub mod evaluate;
 pub mod examples;
@@ -9,6 +10,7 @@ pub mod train;
 
 pub use checkpoint::{ModelInfo, load_model, save_model};
 pub use config::{DatasetRef, TrainConfig, TrainJob};
+pub use data_parallel::{average_gradients, shard_of};
 pub use error::{Error, Result};
 pub use evaluate::{Evaluation, embed, evaluate};
 pub use examples::{Holdout, Owned};

@@ -4,18 +4,16 @@
 //! all-reduce on every rank; an iteration's time is the slowest rank's, and the figure is the
 //! median over the iterations after the warm-up. Results are checked on every rank.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seqclust_collective::{Collective, Ring, RingConfig};
+use seqclust_collective::{Collective, RingConfig};
 use serde_json::json;
 
 use super::measure::{Probe, emit, median};
+use super::ranks::{join_ring, run_ranks};
 
 /// Ring all-reduce bandwidth between rank processes on loopback.
 #[derive(Debug, Args)]
@@ -144,8 +142,7 @@ struct SizeReport {
     correct: bool,
 }
 
-/// Starts `world` rank processes, hands them each other's addresses, and collects their
-/// reports.
+/// Starts `world` rank processes and collects their reports.
 fn run_group(
     world: usize,
     sizes: &[usize],
@@ -153,65 +150,29 @@ fn run_group(
     iters: usize,
     a: &AllReduceBench,
 ) -> Result<Vec<RankReport>> {
-    let exe = std::env::current_exe().context("cannot find the seqclust executable")?;
     let sizes_arg = sizes
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let mut children: Vec<Child> = Vec::with_capacity(world);
-    for rank in 0..world {
-        let child = Command::new(&exe)
-            .args(["bench", "allreduce", "--rank", &rank.to_string(), "--world"])
-            .arg(world.to_string())
-            .args(["--sizes-mb", &sizes_arg, "--warmup", &warmup.to_string()])
-            .args(["--iters", &iters.to_string(), "--bucket-floats"])
-            .arg(a.bucket_floats.to_string())
-            .args(a.tcp.then_some("--tcp"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("failed to start a rank process")?;
-        children.push(child);
+    let mut args: Vec<String> = ["bench", "allreduce", "--sizes-mb", &sizes_arg]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend([
+        "--warmup".into(),
+        warmup.to_string(),
+        "--iters".into(),
+        iters.to_string(),
+    ]);
+    args.extend(["--bucket-floats".into(), a.bucket_floats.to_string()]);
+    if a.tcp {
+        args.push("--tcp".into());
     }
-    let reports = (|| {
-        let mut outs = Vec::with_capacity(world);
-        let mut addrs = Vec::with_capacity(world);
-        for c in &mut children {
-            let mut out = BufReader::new(c.stdout.take().context("rank stdout")?);
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            let addr = line
-                .trim()
-                .strip_prefix("ADDR ")
-                .with_context(|| format!("rank did not report its address: {line:?}"))?;
-            addrs.push(addr.to_string());
-            outs.push(out);
-        }
-        let list = addrs.join(",");
-        for c in &mut children {
-            let mut stdin = c.stdin.take().context("rank stdin")?;
-            writeln!(stdin, "{list}")?;
-        }
-        outs.into_iter()
-            .map(|mut o| {
-                let mut line = String::new();
-                o.read_line(&mut line)?;
-                serde_json::from_str::<RankReport>(&line)
-                    .with_context(|| format!("bad rank report {line:?}"))
-            })
-            .collect::<Result<Vec<_>>>()
-    })();
-    for c in &mut children {
-        if reports.is_err() {
-            let _ = c.kill();
-        }
-        let status = c.wait()?;
-        if reports.is_ok() && !status.success() {
-            bail!("a rank process failed: {status}");
-        }
-    }
-    reports
+    run_ranks(world, &args)?
+        .iter()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad rank report {l:?}")))
+        .collect()
 }
 
 /// One rank: binds, reports its address, reads the group's, forms the ring and measures.
@@ -223,20 +184,7 @@ fn rank_main(
     iters: usize,
     cfg: RingConfig,
 ) -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    println!("ADDR {}", listener.local_addr()?);
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    let addrs: Vec<SocketAddr> = line
-        .trim()
-        .split(',')
-        .map(|s| s.parse().with_context(|| format!("bad address {s:?}")))
-        .collect::<Result<_>>()?;
-    if addrs.len() != world {
-        bail!("{} addresses for a world of {world}", addrs.len());
-    }
-    let mut ring = Ring::connect(rank, &addrs, listener, cfg)?;
+    let mut ring = join_ring(rank, world, cfg)?;
     let mut reports = Vec::new();
     let total: f32 = (1..=world).sum::<usize>() as f32;
     for &mib in sizes {

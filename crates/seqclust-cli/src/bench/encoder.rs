@@ -5,17 +5,20 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use seqclust_collective::{Collective, RingConfig};
 use seqclust_model::{
     AdamParams, BatchInput, EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Optimizer,
     Popularity, Positions, SeqInput, SeqModel, StepCtx, Vocab, step,
 };
+use seqclust_trainer::{average_gradients, shard_of};
 use serde_json::json;
 
 use super::measure::{Probe, emit, median};
+use super::ranks::{join_ring, run_ranks};
 
 /// Encoder training and inference throughput.
 #[derive(Debug, Args)]
@@ -60,13 +63,89 @@ pub struct EncoderBench {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Train data-parallel in this many rank processes (`--threads` split between them, the
+    /// global `--batch` split between them, gradients averaged over the ring), like the
+    /// peers' `--ddp-world`.
+    #[arg(long, default_value_t = 1)]
+    world: usize,
+    /// Run as this rank of a data-parallel group (set by the parent process).
+    #[arg(long, hide = true)]
+    rank: Option<usize>,
 }
 
 pub fn run(a: EncoderBench) -> Result<()> {
+    if a.world == 0 {
+        anyhow::bail!("--world must be at least 1");
+    }
+    if a.world > 1 && a.rank.is_none() {
+        return run_world(&a);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build()?;
     pool.install(|| run_in_pool(&a))
+}
+
+/// The parent of a data-parallel run: starts the ranks and reports each step's slowest rank.
+fn run_world(a: &EncoderBench) -> Result<()> {
+    let threads = (a.threads / a.world).max(1);
+    let mut args: Vec<String> = vec!["bench".into(), "encoder".into()];
+    for (flag, v) in [
+        ("--vocab", a.vocab.to_string()),
+        ("--dim", a.dim.to_string()),
+        ("--seq-len", a.seq_len.to_string()),
+        ("--batch", a.batch.to_string()),
+        ("--encoders", a.encoders.clone()),
+        ("--losses", a.losses.clone()),
+        ("--negatives", a.negatives.to_string()),
+        ("--threads", threads.to_string()),
+        ("--table", a.table.clone()),
+    ] {
+        args.extend([flag.to_string(), v]);
+    }
+    args.extend(a.quick.then(|| "--quick".to_string()));
+    args.extend(a.plain.then(|| "--plain".to_string()));
+    let probe = Probe::start();
+    let reports: Vec<serde_json::Value> = run_ranks(a.world, &args)?
+        .iter()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad rank report {l:?}")))
+        .collect::<Result<_>>()?;
+    let load = probe.finish();
+    let runs = reports[0]["runs"].as_array().cloned().unwrap_or_default();
+    for (i, run) in runs.iter().enumerate() {
+        // a data-parallel step lasts as long as its slowest rank
+        let slowest = |field: &str| -> Vec<f64> {
+            let v: Vec<Vec<f64>> = reports
+                .iter()
+                .map(|r| {
+                    r["runs"][i][field]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(serde_json::Value::as_f64).collect())
+                        .unwrap_or_default()
+                })
+                .collect();
+            (0..v[0].len())
+                .map(|s| {
+                    v.iter()
+                        .map(|r| r.get(s).copied().unwrap_or(f64::NAN))
+                        .fold(0.0, f64::max)
+                })
+                .collect()
+        };
+        let ms = median(slowest("step_ms"));
+        let row = json!({
+            "mode": "train", "encoder": run["encoder"], "loss": run["loss"],
+            "adamw": format!("seqclust (dense + {} rows)", a.table), "world": a.world,
+            "threads_per_rank": threads, "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3),
+            "step_ms": ms, "fwd_ms": median(slowest("fwd_ms")), "bwd_ms": median(slowest("bwd_ms")),
+            "opt_ms": median(slowest("opt_ms")), "approx_gflops": null, "load": load,
+        });
+        emit(
+            json!({"script": "encoder_rust", "tag": a.tag, "args": reports[0]["args"], "results": [row]}),
+            a.out.as_deref(),
+        )?;
+    }
+    Ok(())
 }
 
 fn run_in_pool(a: &EncoderBench) -> Result<()> {
@@ -91,6 +170,15 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
     let ts: Vec<i64> = (0..=a.seq_len as i64).collect();
     let counts = vec![1u64; vocab.items];
     let popularity = Popularity::from_counts(&counts);
+    // a rank of a data-parallel run trains on its share of every global batch
+    let mut ring = match a.rank {
+        Some(r) => Some(join_ring(r, a.world, RingConfig::default())?),
+        None => None,
+    };
+    let shard = ring
+        .as_ref()
+        .map_or(0..a.batch, |g| shard_of(a.batch, g.rank(), g.world_size()));
+    let mut runs = Vec::new();
     let args = json!({"vocab": a.vocab, "dim": a.dim, "seq_len": a.seq_len, "batch": a.batch, "negatives": a.negatives, "threads": a.threads, "fused": !a.plain, "table": a.table, "warmup": warmup, "steps": steps});
     for enc in a.encoders.split(',').map(str::trim) {
         let kind = match enc {
@@ -140,7 +228,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             let (mut fwd, mut bwd, mut opt_ms, mut step_ms) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for s in 0..warmup + steps {
-                let batch: Vec<SeqInput<'_>> = items[s * a.batch..(s + 1) * a.batch]
+                let batch: Vec<SeqInput<'_>> = items[s * a.batch..(s + 1) * a.batch][shard.clone()]
                     .iter()
                     .map(|it| SeqInput {
                         items: it,
@@ -161,6 +249,9 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                         train: true,
                     },
                 )?;
+                if let Some(ring) = ring.as_mut() {
+                    average_gradients(ring, &mut g)?;
+                }
                 let to = Instant::now();
                 opt.apply(&mut model, &mut g, 1e-3, None)?;
                 if s >= warmup {
@@ -169,6 +260,10 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                     fwd.push(g.fwd_ms);
                     bwd.push(g.bwd_ms);
                 }
+            }
+            if ring.is_some() {
+                runs.push(json!({"encoder": enc, "loss": loss, "step_ms": step_ms, "fwd_ms": fwd, "bwd_ms": bwd, "opt_ms": opt_ms}));
+                continue;
             }
             let load = probe.finish();
             let ms = median(step_ms);
@@ -181,6 +276,9 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                 }]}),
                 a.out.as_deref(),
             )?;
+        }
+        if ring.is_some() {
+            continue;
         }
         // inference: encode a batch, no gradient
         let model = {
@@ -218,6 +316,10 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             }]}),
             a.out.as_deref(),
         )?;
+    }
+    if ring.is_some() {
+        // the rank's report for the parent (one line)
+        println!("{}", json!({"args": args, "runs": runs}));
     }
     Ok(())
 }

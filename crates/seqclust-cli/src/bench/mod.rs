@@ -5,6 +5,7 @@ mod encoder;
 mod ingest;
 mod kmeans;
 mod measure;
+mod ranks;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
