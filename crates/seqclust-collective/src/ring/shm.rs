@@ -44,7 +44,15 @@ impl ShmLink {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        file.set_len(SIZE as u64)?;
+        // reserve the pages now: on a full tmpfs (a container's 64 MiB /dev/shm) a sparse file
+        // would map fine and then kill the process with SIGBUS on first write; reserving fails
+        // cleanly instead and the link stays on TCP
+        // SAFETY: a valid open descriptor; posix_fallocate only allocates file space.
+        let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SIZE as libc::off_t) };
+        if err != 0 {
+            let _ = std::fs::remove_file(&path);
+            return Err(io::Error::from_raw_os_error(err));
+        }
         // SAFETY: the file was just created by us with this size; the only other process that
         // maps it is the peer, and all shared state goes through the atomics below.
         let map = unsafe { MmapMut::map_mut(&file)? };
