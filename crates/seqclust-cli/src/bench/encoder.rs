@@ -139,6 +139,7 @@ fn run_world(a: &EncoderBench) -> Result<()> {
             "threads_per_rank": threads, "batch": a.batch, "seq_per_s": a.batch as f64 / (ms / 1e3),
             "step_ms": ms, "fwd_ms": median(slowest("fwd_ms")), "bwd_ms": median(slowest("bwd_ms")),
             "opt_ms": median(slowest("opt_ms")), "approx_gflops": null, "load": load,
+            "exchange_mb_per_rank": median(slowest("exchange_mb")),
         });
         emit(
             json!({"script": "encoder_rust", "tag": a.tag, "args": reports[0]["args"], "results": [row]}),
@@ -227,6 +228,8 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
             let probe = Probe::start();
             let (mut fwd, mut bwd, mut opt_ms, mut step_ms) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // what this rank puts into the exchange per step: dense values + its item rows
+            let mut exchange_mb = Vec::new();
             for s in 0..warmup + steps {
                 let batch: Vec<SeqInput<'_>> = items[s * a.batch..(s + 1) * a.batch][shard.clone()]
                     .iter()
@@ -250,6 +253,11 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                     },
                 )?;
                 if let Some(ring) = ring.as_mut() {
+                    let items = &g.items;
+                    let bytes = 4 * (g.dense.len() + items.ids.len() + items.rows.len()) + 16;
+                    if s >= warmup {
+                        exchange_mb.push(bytes as f64 / 1e6);
+                    }
                     average_gradients(ring, &mut g)?;
                 }
                 let to = Instant::now();
@@ -262,7 +270,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                 }
             }
             if ring.is_some() {
-                runs.push(json!({"encoder": enc, "loss": loss, "step_ms": step_ms, "fwd_ms": fwd, "bwd_ms": bwd, "opt_ms": opt_ms}));
+                runs.push(json!({"encoder": enc, "loss": loss, "step_ms": step_ms, "fwd_ms": fwd, "bwd_ms": bwd, "opt_ms": opt_ms, "exchange_mb": exchange_mb}));
                 continue;
             }
             let load = probe.finish();
