@@ -407,6 +407,13 @@ pub struct AssignmentColumns {
 /// Writes assignments as Parquet: `user` (or `row`), `cluster`, `distance`, `runner_up`,
 /// `runner_up_distance`, `margin`.
 pub fn write_assignments(path: &Path, a: &AssignmentColumns) -> Result<()> {
+    let bytes = assignments_parquet(a, &path.display().to_string())?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path.display(), e))
+}
+
+/// The Parquet file [`write_assignments`] writes, in memory (for object storage); `name`
+/// appears in errors.
+pub fn assignments_parquet(a: &AssignmentColumns, name: &str) -> Result<Vec<u8>> {
     use std::sync::Arc;
 
     use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
@@ -454,14 +461,15 @@ pub fn write_assignments(path: &Path, a: &AssignmentColumns) -> Result<()> {
         source,
     })?;
     let perr = |source| Error::Parquet {
-        path: path.display().to_string(),
+        path: name.to_string(),
         source,
     };
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(perr)?;
+    let mut out = Vec::new();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).map_err(perr)?;
     w.write(&batch).map_err(perr)?;
     w.close().map_err(perr)?;
-    Ok(())
+    Ok(out)
 }
 
 /// A Gaussian mixture with the recipe of the reference peers' `embdata.py` — centres from

@@ -206,6 +206,36 @@ impl Location {
     }
 }
 
+impl Location {
+    /// Every object under `rel` (recursively): its path relative to this location and its
+    /// size, sorted by path.
+    pub async fn list_files(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        use futures::TryStreamExt;
+        let base = self.path(rel);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(self.display_of(rel), e))?;
+        let skip = self.prefix.parts().count();
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .map(|m| {
+                let parts: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                (parts.join("/"), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
 /// The sha256 of a byte slice as lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

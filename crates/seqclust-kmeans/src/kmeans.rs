@@ -287,8 +287,9 @@ fn sample_rows(points: &Points<'_>, m: usize, seed: u64) -> Vec<f32> {
     out
 }
 
-/// Mean per-dimension variance × d: the scale of `tol`.
-fn total_variance(points: &Points<'_>) -> f64 {
+/// Mean per-dimension variance × d: the scale of `tol` (the distributed k-means computes it
+/// on the seeding sample).
+pub fn total_variance(points: &Points<'_>) -> f64 {
     let (n, d) = (points.n(), points.d());
     let mut mean = vec![0f64; d];
     let mut sq = vec![0f64; d];
@@ -454,22 +455,7 @@ fn minibatch(
         let packed = Packed::new(&centroids, cfg.metric);
         let stats = accumulate(&batch, &packed, Some(&mut asg));
         let before = centroids.clone();
-        for (c, w) in weight.iter_mut().enumerate() {
-            let m = stats.counts[c] as f64;
-            if m == 0.0 {
-                continue;
-            }
-            // per-centre learning rate: the centre is the mean of all points it has seen
-            let total = *w + m;
-            let sums = &stats.sums[c * d..(c + 1) * d];
-            for (v, s) in centroids.row_mut(c).iter_mut().zip(sums) {
-                *v = ((f64::from(*v) * *w + s) / total) as f32;
-            }
-            *w = total;
-        }
-        if cfg.metric == Metric::Cosine {
-            centroids.normalize_rows();
-        }
+        stats.apply_minibatch(&mut centroids, &mut weight, cfg.metric);
         if cfg.reassignment_ratio > 0.0 && step % 10 == 0 {
             let max_w = weight.iter().cloned().fold(0.0, f64::max);
             let light: Vec<usize> = (0..k)

@@ -18,7 +18,9 @@ pub use assign::{Assignment, Isa, Metric, Packed, assign, assign_into, distances
 pub use choose_k::{KChoice, KRow, choose_k};
 pub use error::{Error, Result};
 pub use init::Init;
-pub use kmeans::{Algorithm, IterStat, KMeansConfig, KMeansModel, fit, fit_from};
+pub use kmeans::{
+    Algorithm, IterStat, KMeansConfig, KMeansModel, fit, fit_from, repair_empty, total_variance,
+};
 pub use labels::{adjusted_rand_index, normalized_mutual_info, purity};
 pub use matrix::{Centroids, Points};
 pub use metrics::{Quality, quality};

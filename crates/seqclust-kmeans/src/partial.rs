@@ -133,6 +133,94 @@ impl PartialStats {
         }
         out
     }
+
+    /// The mini-batch update (Sculley 2010) with per-centre learning rates: each centre moves
+    /// to the mean of every point it has been assigned so far, `weight[c]` being how many
+    /// (updated here). Clusters without points in this batch stay put.
+    pub fn apply_minibatch(&self, centroids: &mut Centroids, weight: &mut [f64], metric: Metric) {
+        let d = self.d;
+        for (c, w) in weight.iter_mut().enumerate().take(self.k) {
+            let m = self.counts[c] as f64;
+            if m == 0.0 {
+                continue;
+            }
+            let total = *w + m;
+            let sums = &self.sums[c * d..(c + 1) * d];
+            for (v, s) in centroids.row_mut(c).iter_mut().zip(sums) {
+                *v = ((f64::from(*v) * *w + s) / total) as f32;
+            }
+            *w = total;
+        }
+        if metric == Metric::Cosine {
+            centroids.normalize_rows();
+        }
+    }
+
+    /// The wire form: `k`, `d` (u64 LE), then sums (f64), counts (u64), inertia (f64), all
+    /// little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * (self.sums.len() + 2 * self.k));
+        out.extend_from_slice(&(self.k as u64).to_le_bytes());
+        out.extend_from_slice(&(self.d as u64).to_le_bytes());
+        self.sums
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        self.counts
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        self.inertia
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        out
+    }
+
+    /// Decodes [`Self::to_bytes`] and [`Self::validate`]s the result; a payload of the wrong
+    /// size or with non-finite values is an error, never a panic.
+    pub fn from_bytes(b: &[u8]) -> Result<PartialStats> {
+        let word = |i: usize| -> [u8; 8] {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            w
+        };
+        if b.len() < 16 || !b.len().is_multiple_of(8) {
+            return Err(Error::Mismatch(format!(
+                "partial statistics payload of {} bytes",
+                b.len()
+            )));
+        }
+        let k = u64::from_le_bytes(word(0));
+        let d = u64::from_le_bytes(word(1));
+        let expected = k
+            .checked_mul(d)
+            .and_then(|kd| kd.checked_add(2 * k))
+            .and_then(|w| w.checked_add(2))
+            .and_then(|w| w.checked_mul(8));
+        if expected != Some(b.len() as u64) {
+            return Err(Error::Mismatch(format!(
+                "partial statistics of k={k} d={d} cannot be {} bytes",
+                b.len()
+            )));
+        }
+        let (k, d) = (k as usize, d as usize);
+        let mut at = 2;
+        let mut take = |n: usize| {
+            let r = at..at + n;
+            at += n;
+            r
+        };
+        let sums = take(k * d).map(|i| f64::from_le_bytes(word(i))).collect();
+        let counts = take(k).map(|i| u64::from_le_bytes(word(i))).collect();
+        let inertia = take(k).map(|i| f64::from_le_bytes(word(i))).collect();
+        let p = PartialStats {
+            k,
+            d,
+            sums,
+            counts,
+            inertia,
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 #[inline]
@@ -253,6 +341,21 @@ mod tests {
             *i = next().abs();
         }
         s
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_bad_payloads_are_refused() {
+        let s = stats(7, 5, 3);
+        let b = s.to_bytes();
+        assert_eq!(PartialStats::from_bytes(&b).unwrap(), s);
+        assert!(PartialStats::from_bytes(&b[..b.len() - 8]).is_err());
+        assert!(PartialStats::from_bytes(&b[..7]).is_err());
+        let mut huge = b.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(PartialStats::from_bytes(&huge).is_err());
+        let mut nan = b.clone();
+        nan[16..24].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(PartialStats::from_bytes(&nan).is_err());
     }
 
     fn close(a: &PartialStats, b: &PartialStats) -> bool {

@@ -37,6 +37,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The observer asked training to stop (the job was cancelled).
+    #[error("training was cancelled")]
+    Cancelled,
     /// A file could not be written.
     #[error("failed to write {what}")]
     Write {
@@ -52,6 +55,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether running again with a newly formed group may succeed: a peer was lost or slow.
+    /// Everything else (bad settings, bad data, a diverged model) repeats on retry.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Collective(e) if e.is_retryable())
+    }
+
     pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             field: field.into(),

@@ -15,5 +15,6 @@ pub use error::{Error, Result};
 pub use evaluate::{Evaluation, embed, evaluate};
 pub use examples::{Holdout, Owned};
 pub use train::{
-    EvalLog, Observer, StepLog, TrainReport, held_out_examples, open_dataset, train, vocab_of,
+    EvalLog, Observer, StepLog, TrainReport, held_out_examples, open_dataset, train, train_with,
+    vocab_of,
 };

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use seqclust_collective::{Collective, Local};
 use seqclust_data::{Dataset, Location, ShardSampler};
 use seqclust_model::{
     AdamParams, NextItemLoss, Optimizer, Popularity, Schedule, SeqInput, SeqModel, StepCtx, Vocab,
@@ -14,6 +15,7 @@ use seqclust_model::{
 
 use crate::checkpoint::{ModelInfo, TrainState, load_latest, save_checkpoint, save_model};
 use crate::config::TrainJob;
+use crate::data_parallel::{average_gradients, shard_of};
 use crate::error::{Error, Result};
 use crate::evaluate::{Evaluation, evaluate};
 use crate::examples::{Holdout, Owned, held_out, training, users};
@@ -58,6 +60,11 @@ pub trait Observer {
     fn eval(&self, log: &EvalLog);
     /// Anything else worth saying.
     fn note(&self, text: &str);
+    /// Checked before every step: `true` ends training with [`Error::Cancelled`] (the last
+    /// checkpoint stays).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// What a training run produced.
@@ -136,7 +143,36 @@ pub fn train(
     rt: &tokio::runtime::Handle,
     obs: &dyn Observer,
 ) -> Result<TrainReport> {
+    train_with(job, run, rt, obs, &mut Local)
+}
+
+/// [`train`] as one rank of a data-parallel group. Every rank reads the same global batches
+/// (the order depends on the seed alone, not on the group) and computes the gradients of its
+/// contiguous share ([`shard_of`]); the group averages them ([`average_gradients`]) before
+/// the optimiser step, so the replicas stay identical and the model depends on the global
+/// batch, not on the number of ranks. Rank 0 evaluates (and tells the others the validation
+/// score, which early stopping depends on) and writes checkpoints, `metrics.json` and the
+/// model; every rank resumes from the latest checkpoint. A final batch with fewer than two
+/// sequences per rank is left out.
+pub fn train_with(
+    job: &TrainJob,
+    run: &Location,
+    rt: &tokio::runtime::Handle,
+    obs: &dyn Observer,
+    group: &mut dyn Collective,
+) -> Result<TrainReport> {
     job.validate()?;
+    let (rank, world) = (group.rank(), group.world_size());
+    let lead = rank == 0;
+    if job.train.batch_size < 2 * world {
+        return Err(Error::config(
+            "train.batch_size",
+            format!(
+                "the global batch {} cannot be split over {world} ranks (at least 2 each)",
+                job.train.batch_size
+            ),
+        ));
+    }
     let t0 = Instant::now();
     let tc = &job.train;
     let ds = rt.block_on(open_dataset(job))?;
@@ -186,7 +222,7 @@ pub fn train(
         total: steps_per_epoch * tc.epochs as u64,
         floor: tc.min_lr_ratio,
     };
-    let valid = if tc.eval_every > 0 {
+    let valid = if tc.eval_every > 0 && lead {
         held_out_examples(&ds, rt, Holdout::Valid, tc.eval_users)?
     } else {
         Vec::new()
@@ -222,15 +258,19 @@ pub fn train(
         while let Some(shard) = shards.next() {
             pending.extend(users(&shard?).iter().filter_map(training));
             let last = shards.peek().is_none();
-            while pending.len() >= tc.batch_size || (last && pending.len() >= 2) {
+            while pending.len() >= tc.batch_size || (last && pending.len() >= 2 * world) {
                 let take = pending.len().min(tc.batch_size);
                 let batch: Vec<Owned> = pending.drain(..take).collect();
                 batch_no += 1;
                 if batch_no <= skip {
                     continue;
                 }
+                if obs.cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 let ts = Instant::now();
-                let inputs: Vec<SeqInput<'_>> = batch.iter().map(Owned::input).collect();
+                let mine = &batch[shard_of(batch.len(), rank, world)];
+                let inputs: Vec<SeqInput<'_>> = mine.iter().map(Owned::input).collect();
                 let cx = StepCtx {
                     objective: &job.objective,
                     popularity: popularity.as_ref(),
@@ -239,6 +279,7 @@ pub fn train(
                     train: true,
                 };
                 let mut g = step(&model, &inputs, &cx)?;
+                average_gradients(group, &mut g)?;
                 let lr = schedule.at(state.step + 1);
                 let clip = (tc.clip_norm > 0.0).then_some(tc.clip_norm);
                 let rep = opt.apply(&mut model, &mut g, lr, clip)?;
@@ -270,7 +311,8 @@ pub fn train(
                     log.push(l);
                     window = (Instant::now(), 0);
                 }
-                if tc.checkpoint_every > 0 && state.step.is_multiple_of(tc.checkpoint_every) {
+                if lead && tc.checkpoint_every > 0 && state.step.is_multiple_of(tc.checkpoint_every)
+                {
                     rt.block_on(save_checkpoint(run, &model, &opt, &state))?;
                 }
             }
@@ -278,7 +320,10 @@ pub fn train(
         // the epoch is complete: the next one starts from its first batch
         state.epoch = epoch + 1;
         state.batches_in_epoch = 0;
-        if tc.eval_every > 0 && (epoch + 1) % tc.eval_every == 0 && !valid.is_empty() {
+        let evaluating = tc.eval_every > 0 && (epoch + 1) % tc.eval_every == 0;
+        // rank 0 evaluates; the others learn the score (or that there was none: NaN)
+        let mut score = [f32::NAN];
+        if lead && evaluating && !valid.is_empty() {
             let m = evaluate(&model, &valid, 512)?;
             let ndcg = m.full.ndcg.get(&10).copied().unwrap_or(0.0);
             let e = EvalLog {
@@ -295,6 +340,19 @@ pub fn train(
             );
             obs.eval(&e);
             evals.push(e);
+            score[0] = ndcg as f32;
+        }
+        if evaluating && world > 1 {
+            let mut bytes = score[0].to_le_bytes().to_vec();
+            group.broadcast(&mut bytes, 0)?;
+            let raw: [u8; 4] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::checkpoint("validation score", "malformed broadcast"))?;
+            score[0] = f32::from_le_bytes(raw);
+        }
+        if !score[0].is_nan() {
+            let ndcg = f64::from(score[0]);
             if state.best_ndcg10.is_none_or(|b| ndcg > b) {
                 state.best_ndcg10 = Some(ndcg);
                 state.since_best = 0;
@@ -303,8 +361,10 @@ pub fn train(
                 state.since_best += 1;
             }
         }
-        rt.block_on(save_checkpoint(run, &model, &opt, &state))?;
-        write_metrics(run, rt, job, &log, &evals)?;
+        if lead {
+            rt.block_on(save_checkpoint(run, &model, &opt, &state))?;
+            write_metrics(run, rt, job, &log, &evals)?;
+        }
         if tc.patience > 0 && state.since_best >= tc.patience {
             obs.note(&format!(
                 "no improvement of validation NDCG@10 for {} evaluations: stopping",
@@ -322,7 +382,11 @@ pub fn train(
             state.best_ndcg10.unwrap_or(0.0)
         ));
     }
-    let test = held_out_examples(&ds, rt, Holdout::Test, tc.eval_users)?;
+    let test = if lead {
+        held_out_examples(&ds, rt, Holdout::Test, tc.eval_users)?
+    } else {
+        Vec::new()
+    };
     if !test.is_empty() {
         let m = evaluate(&model, &test, 512)?;
         let e = EvalLog {
@@ -334,8 +398,10 @@ pub fn train(
         obs.eval(&e);
         evals.push(e);
     }
-    rt.block_on(save_model(run, &model, &info))?;
-    write_metrics(run, rt, job, &log, &evals)?;
+    if lead {
+        rt.block_on(save_model(run, &model, &info))?;
+        write_metrics(run, rt, job, &log, &evals)?;
+    }
     Ok(TrainReport {
         job: job.clone(),
         model: info,
