@@ -1,10 +1,14 @@
-//! The `seqclust` command: generate, ingest and inspect behaviour-sequence datasets.
+//! The `seqclust` command: datasets, training, clustering, and the distributed runtime
+//! (coordinator, worker, job submission, the embedded `run`).
 
 mod bench;
 mod cmd_cluster;
 mod cmd_dataset;
 mod cmd_gen;
 mod cmd_ingest;
+mod cmd_jobs;
+mod cmd_run;
+mod cmd_service;
 mod cmd_train;
 mod progress;
 mod summary;
@@ -39,6 +43,18 @@ enum Cmd {
     Embed(cmd_train::EmbedArgs),
     /// Cluster an embeddings file with k-means, Ward or spectral clustering.
     Cluster(Box<cmd_cluster::ClusterArgs>),
+    /// Run a whole job here: in-process coordinator, local worker processes.
+    Run(cmd_run::RunArgs),
+    /// Run the coordinator (job API, worker registry, job driver).
+    Coordinator(cmd_service::CoordinatorArgs),
+    /// Run a worker that registers with a coordinator.
+    Worker(cmd_service::WorkerArgs),
+    /// Submit a job spec to a coordinator.
+    Submit(cmd_jobs::SubmitArgs),
+    /// Show jobs, or one job's phases and progress.
+    Status(cmd_jobs::StatusArgs),
+    /// Cancel a job.
+    Cancel(cmd_jobs::CancelArgs),
     /// Benchmarks (JSON lines in the reference peers' format).
     Bench(bench::BenchArgs),
 }
@@ -96,6 +112,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => cmd_train::run_eval(a, &rt),
         Cmd::Embed(a) => cmd_train::run_embed(a, &rt),
         Cmd::Cluster(a) => cmd_cluster::run(*a),
+        Cmd::Run(a) => cmd_run::run(a, &rt),
+        Cmd::Coordinator(a) => cmd_service::run_coordinator(a, &rt),
+        Cmd::Worker(a) => cmd_service::run_worker(a, &rt),
+        Cmd::Submit(a) => cmd_jobs::run_submit(a, &rt),
+        Cmd::Status(a) => cmd_jobs::run_status(a, &rt),
+        Cmd::Cancel(a) => cmd_jobs::run_cancel(a, &rt),
         Cmd::Bench(a) => bench::run(a),
     }
 }

@@ -1,0 +1,188 @@
+//! `seqclust run`: a whole job on this machine — an in-process coordinator with the
+//! in-memory metadata store, N worker processes over loopback gRPC, storage under a local
+//! root. The embedded default, and the README's main job.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use seqclust_coordinator::CoordinatorConfig;
+use seqclust_data::generator::{GenConfig, GenFormat, gen_columns, generate_to_files};
+use seqclust_data::ingest::NoProgress;
+use seqclust_data::{Format, IngestConfig, Location};
+use seqclust_job::JobSpec;
+use seqclust_meta::MemoryStore;
+
+use crate::cmd_jobs;
+
+/// Run a job on this machine: coordinator in-process, worker processes over loopback.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job spec (TOML), e.g. examples/job-personas.toml.
+    spec: PathBuf,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Compute threads per worker (default: the cores divided among the workers).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Storage root for datasets and runs (overrides dataset.root and output).
+    #[arg(long, env = "SEQCLUST_ROOT")]
+    root: Option<String>,
+}
+
+/// Worker processes, killed when dropped.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run(a: RunArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    if a.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let mut spec = JobSpec::from_file(&a.spec)?;
+    if let Some(root) = &a.root {
+        spec.dataset.root = root.clone();
+        spec.output = root.clone();
+    }
+    spec.resources.min_workers = a.workers;
+    spec.resources.max_workers = a.workers;
+    spec.validate()
+        .with_context(|| format!("invalid job spec {}", a.spec.display()))?;
+    ensure_dataset(&spec, rt)?;
+
+    let threads = a.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / a.workers).max(1)
+    });
+    let logs = Path::new(spec.output_root()).join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = rt.block_on(seqclust_coordinator::start(
+        CoordinatorConfig {
+            listen: "127.0.0.1:0".into(),
+            ..CoordinatorConfig::default()
+        },
+        Arc::new(MemoryStore::new("/seqclust/")),
+        stop_rx,
+    ))?;
+    let url = format!("http://{}", running.addr);
+    let exe = std::env::current_exe().context("cannot find the seqclust binary")?;
+    let mut workers = Workers(Vec::new());
+    for i in 0..a.workers {
+        let log = logs.join(format!("worker-{i}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(&exe)
+            .args([
+                "worker",
+                "--coordinator",
+                &url,
+                "--name",
+                &format!("local-{i}"),
+            ])
+            .args(["--threads", &threads.to_string(), "--connect-timeout", "30"])
+            .env(
+                "SEQCLUST_LOG",
+                std::env::var("SEQCLUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start worker {i}"))?;
+        workers.0.push(child);
+    }
+    println!(
+        "coordinator {url}; {} workers × {threads} threads (logs in {})",
+        a.workers,
+        logs.display()
+    );
+    let outcome = rt.block_on(async {
+        let mut client = cmd_jobs::connect(&url).await?;
+        let job = cmd_jobs::submit(&mut client, &spec, None).await?;
+        println!("job {}", job.id);
+        cmd_jobs::follow(&mut client, &job.id).await
+    });
+    let _ = stop_tx.send(true);
+    drop(workers);
+    rt.block_on(running.join());
+    let job = outcome.with_context(|| format!("see the worker logs in {}", logs.display()))?;
+    cmd_jobs::print_job(&job);
+    print_clusters(&job.run_uri, rt)?;
+    Ok(())
+}
+
+/// Generates and ingests `[sample_data]` when the dataset does not exist yet.
+fn ensure_dataset(spec: &JobSpec, rt: &tokio::runtime::Runtime) -> Result<()> {
+    match rt.block_on(seqclust_trainer::open_dataset(&spec.train_job())) {
+        Ok(_) => return Ok(()),
+        Err(seqclust_trainer::Error::Data(seqclust_data::Error::DatasetNotFound { .. }))
+            if spec.sample_data.is_some() => {}
+        Err(e) => return Err(e).context(format!("dataset {}", spec.dataset.uri)),
+    }
+    let sd = spec.sample_data.clone().unwrap_or_default();
+    let root = &spec.dataset.root;
+    let raw = Path::new(root)
+        .join("raw")
+        .join(format!("{}.csv.gz", spec.dataset.uri));
+    let truth = raw.with_file_name(format!("{}.truth.csv", spec.dataset.uri));
+    println!(
+        "dataset {} not found: generating {} users with planted personas ({})",
+        spec.dataset.uri,
+        sd.users,
+        raw.display()
+    );
+    let gen_cfg = GenConfig {
+        users: sd.users,
+        seed: sd.seed,
+        ..GenConfig::default()
+    };
+    generate_to_files(&gen_cfg, &raw, Some(&truth), GenFormat::Csv, &NoProgress)?;
+    let mut cfg = IngestConfig::default();
+    cfg.source.paths = vec![raw.display().to_string()];
+    cfg.source.format = Format::Csv;
+    cfg.source.columns = gen_columns();
+    cfg.output.root = root.clone();
+    cfg.output.name = spec.dataset.uri.clone();
+    let report = seqclust_data::ingest(&cfg, rt.handle(), &NoProgress)?;
+    println!(
+        "ingested {} users into {}",
+        report.manifest.counts.users, report.location
+    );
+    Ok(())
+}
+
+fn print_clusters(run_uri: &str, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let run = Location::parse(run_uri, false)?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&rt.block_on(run.get("clusters/kmeans.json"))?)?;
+    let r = &doc["result"];
+    let mut sizes: Vec<u64> = r["sizes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    println!(
+        "clusters  k={} over {} users, {} iterations, inertia/user {:.4}; largest {:?}",
+        r["k"],
+        r["users"],
+        r["iterations"],
+        r["inertia"].as_f64().unwrap_or(0.0) / r["users"].as_f64().unwrap_or(1.0).max(1.0),
+        &sizes[..sizes.len().min(8)]
+    );
+    println!("committed {run_uri}/_MANIFEST.json");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Errors of the coordinator, and their one conversion to gRPC statuses.
+
+/// What can go wrong in the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] seqclust_meta::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Data(#[from] seqclust_data::Error),
+    /// The k-means arithmetic refused its input.
+    #[error(transparent)]
+    KMeans(#[from] seqclust_kmeans::Error),
+    /// A job spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] seqclust_job::Error),
+    /// The gRPC listener could not be bound or served.
+    #[error("failed to serve on {addr}")]
+    Serve {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A persisted record does not decode.
+    #[error("corrupt record {key} in the metadata store: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No job with this id.
+    #[error("no job {0}")]
+    NoJob(String),
+    /// A phase failed in a way a retry cannot fix.
+    #[error("{phase} failed: {message}")]
+    Phase {
+        /// The phase.
+        phase: seqclust_job::Phase,
+        /// What happened.
+        message: String,
+    },
+    /// A worker was lost or a peer failed: the round can be run again with the new membership.
+    #[error("{0}")]
+    Retry(String),
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The coordinator is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Whether running the round again (with a new membership) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Retry(_) => true,
+            Error::Meta(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> tonic::Status {
+        let msg = e.to_string();
+        match e {
+            Error::Spec(_) => tonic::Status::invalid_argument(msg),
+            Error::NoJob(_) => tonic::Status::not_found(msg),
+            Error::Meta(ref m) if m.is_retryable() => tonic::Status::unavailable(msg),
+            Error::Shutdown => tonic::Status::unavailable(msg),
+            _ => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// Result type of the coordinator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

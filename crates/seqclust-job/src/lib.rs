@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+pub mod record;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use record::{JobRecord, Phase, PhaseTime};
+pub use spec::{JobSpec, Resources, SampleData};

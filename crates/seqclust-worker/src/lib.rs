@@ -1,0 +1,242 @@
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+mod select;
+mod tasks;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
+use seqclust_proto::v1::{self, TaskKind};
+use seqclust_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+
+pub use error::{Error, Result};
+use tasks::{Ctx, WorkerState};
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's gRPC address (`http://host:port`).
+    pub coordinator: String,
+    /// A name for the coordinator's logs.
+    pub name: String,
+    /// Where the collective listener binds (`0.0.0.0:0` in a pod, `127.0.0.1:0` locally).
+    pub collective_bind: String,
+    /// The host peers reach this worker at (default: the bound address's IP).
+    pub advertise_host: Option<String>,
+    /// Compute threads (reported to the coordinator).
+    pub threads: usize,
+    /// Deadline of every collective call: a silent peer fails it after this long.
+    pub collective_timeout: Duration,
+    /// How long to keep trying to reach the coordinator before giving up (0: forever).
+    pub connect_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinator: "http://127.0.0.1:7070".into(),
+            name: "worker".into(),
+            collective_bind: "127.0.0.1:0".into(),
+            advertise_host: None,
+            threads: 1,
+            collective_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs a worker until `shutdown` turns true: registers, heartbeats, takes tasks from the
+/// control stream one at a time, and registers again when the coordinator comes back after
+/// a restart. Returns an error only when the coordinator cannot be reached within
+/// `connect_timeout` or refuses the registration (another protocol version).
+pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let listener = TcpListener::bind(&cfg.collective_bind).map_err(|source| Error::Bind {
+        addr: cfg.collective_bind.clone(),
+        source,
+    })?;
+    let bound = listener.local_addr().map_err(|source| Error::Bind {
+        addr: cfg.collective_bind.clone(),
+        source,
+    })?;
+    let host = cfg
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| bound.ip().to_string());
+    let collective_addr = format!("{host}:{}", bound.port());
+    let state = Arc::new(WorkerState::new(listener, cfg.collective_timeout));
+    let endpoint =
+        Endpoint::from_shared(cfg.coordinator.clone()).map_err(|source| Error::Endpoint {
+            addr: cfg.coordinator.clone(),
+            source,
+        })?;
+    let mut last_contact = tokio::time::Instant::now();
+    while !*shutdown.borrow() {
+        let session = session(&cfg, &endpoint, &collective_addr, &state, &mut shutdown).await;
+        match session {
+            Ok(()) => last_contact = tokio::time::Instant::now(),
+            Err(e) if matches!(e, Error::Rpc { ref status, .. } if status.code() == tonic::Code::FailedPrecondition) =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                if !cfg.connect_timeout.is_zero() && last_contact.elapsed() > cfg.connect_timeout {
+                    return Err(e);
+                }
+                warn!(error = %e, "coordinator unreachable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    Ok(())
+}
+
+/// One registration: until the control stream ends, the lease is lost or shutdown.
+async fn session(
+    cfg: &WorkerConfig,
+    endpoint: &Endpoint,
+    collective_addr: &str,
+    state: &Arc<WorkerState>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let channel: Channel = endpoint
+        .clone()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| Error::rpc("connect", tonic::Status::unavailable(e.to_string())))?;
+    let mut client = WorkerServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let reg = client
+        .register_worker(v1::RegisterWorkerRequest {
+            protocol_version: PROTOCOL_VERSION,
+            name: cfg.name.clone(),
+            collective_addr: collective_addr.to_string(),
+            threads: cfg.threads as u32,
+            code_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .map_err(|s| Error::rpc("RegisterWorker", s))?
+        .into_inner();
+    let worker_id = reg.worker_id.clone();
+    info!(worker = %worker_id, collective = collective_addr, "registered");
+    let mut stream = client
+        .control(v1::ControlRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await
+        .map_err(|s| Error::rpc("Control", s))?
+        .into_inner();
+    // heartbeats until the session ends
+    let (hb_stop, mut hb_rx) = watch::channel(false);
+    let mut hb_client = client.clone();
+    let hb_id = worker_id.clone();
+    let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = hb_rx.changed() => return,
+            }
+            let req = v1::HeartbeatRequest {
+                worker_id: hb_id.clone(),
+            };
+            if let Err(s) = hb_client.heartbeat(req).await {
+                warn!(error = %s, "heartbeat failed");
+                if s.code() == tonic::Code::NotFound {
+                    return;
+                }
+            }
+        }
+    });
+    // tasks run one at a time on a blocking thread; the stream keeps being read meanwhile
+    // so that a release (cancellation) reaches a running task
+    let (task_tx, mut task_rx) = tokio::sync::mpsc::unbounded_channel::<v1::Task>();
+    let cx = Ctx {
+        rt: tokio::runtime::Handle::current(),
+        client: client.clone(),
+        worker_id: worker_id.clone(),
+    };
+    let exec_state = state.clone();
+    let executor = tokio::spawn(async move {
+        while let Some(task) = task_rx.recv().await {
+            let (st, cx2) = (exec_state.clone(), cx.clone());
+            let t = task.clone();
+            let out = tokio::task::spawn_blocking(move || st.run(&cx2, &t)).await;
+            let mut result = v1::TaskResult {
+                worker_id: cx.worker_id.clone(),
+                task_id: task.task_id.clone(),
+                membership_epoch: task.membership_epoch,
+                ..Default::default()
+            };
+            match out {
+                Ok(Ok(o)) => {
+                    result.ok = true;
+                    result.users = o.users;
+                    result.summary_json = o.summary.to_string();
+                }
+                Ok(Err(e)) => {
+                    warn!(task = %task.task_id, error = %format!("{e:#}"), "task failed");
+                    result.error = error_chain(&e);
+                    result.retryable = e.is_retryable();
+                }
+                Err(join) => {
+                    result.error = format!("task panicked: {join}");
+                }
+            }
+            let mut c = cx.client.clone();
+            if let Err(s) = c.complete_task(result).await {
+                warn!(error = %s, "could not report a task result");
+            }
+        }
+    });
+    let outcome = loop {
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(task)) => {
+                    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+                    if kind == TaskKind::Release {
+                        state.release(&task.job_id, true);
+                        continue;
+                    }
+                    if task_tx.send(task).is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(s) => break Err(Error::rpc("Control", s)),
+            },
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    let _ = hb_stop.send(true);
+    drop(task_tx);
+    let _ = heartbeat.await;
+    let _ = executor.await;
+    outcome
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

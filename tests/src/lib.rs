@@ -1,0 +1,347 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use seqclust_coordinator::{CoordinatorConfig, Running};
+use seqclust_data::generator::{GenConfig, GenFormat, gen_columns, generate_to_files};
+use seqclust_data::ingest::NoProgress;
+use seqclust_data::{Format, IngestConfig};
+use seqclust_job::{JobSpec, Phase};
+use seqclust_meta::{MemoryStore, MetaStore};
+use seqclust_proto::convert::phase_of;
+use seqclust_proto::v1;
+use seqclust_proto::v1::job_service_client::JobServiceClient;
+use seqclust_worker::WorkerConfig;
+
+/// A worker of the cluster.
+enum Worker {
+    InProcess {
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    Process(Child),
+}
+
+/// A coordinator and its workers on loopback, with a storage root in a temporary directory.
+pub struct TestCluster {
+    pub rt: Runtime,
+    pub root: tempfile::TempDir,
+    pub meta: Arc<dyn MetaStore>,
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    coordinator: Option<Running>,
+    workers: Vec<Worker>,
+}
+
+/// Coordinator settings for tests: short leases.
+pub fn test_config(listen: &str) -> CoordinatorConfig {
+    CoordinatorConfig {
+        listen: listen.into(),
+        lease_ttl: Duration::from_secs(3),
+        heartbeat_interval: Duration::from_millis(500),
+        ..CoordinatorConfig::default()
+    }
+}
+
+impl TestCluster {
+    /// A coordinator with an in-memory metadata store and no workers.
+    pub fn new() -> TestCluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(MemoryStore::new("/test/"));
+        let (stop, rx) = watch::channel(false);
+        let running = rt
+            .block_on(seqclust_coordinator::start(
+                test_config("127.0.0.1:0"),
+                meta.clone(),
+                rx,
+            ))
+            .unwrap();
+        TestCluster {
+            rt,
+            root: tempfile::tempdir().unwrap(),
+            meta,
+            addr: running.addr,
+            stop,
+            coordinator: Some(running),
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the coordinator (the workers stay and try to reconnect).
+    pub fn stop_coordinator(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(r) = self.coordinator.take() {
+            self.rt.block_on(r.join());
+        }
+    }
+
+    /// Starts a new coordinator on the same address and metadata store.
+    pub fn restart_coordinator(&mut self) {
+        self.stop_coordinator();
+        let (stop, rx) = watch::channel(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let running = loop {
+            match self.rt.block_on(seqclust_coordinator::start(
+                test_config(&self.addr.to_string()),
+                self.meta.clone(),
+                rx.clone(),
+            )) {
+                Ok(r) => break r,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("coordinator restart failed: {e}"),
+            }
+        };
+        self.stop = stop;
+        self.coordinator = Some(running);
+    }
+
+    /// Adds a worker running in this process.
+    pub fn add_worker(&mut self) {
+        let (stop, rx) = watch::channel(false);
+        let cfg = WorkerConfig {
+            coordinator: self.url(),
+            name: format!("test-{}", self.workers.len()),
+            collective_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
+            ..WorkerConfig::default()
+        };
+        let task = self.rt.spawn(async move {
+            if let Err(e) = seqclust_worker::run(cfg, rx).await {
+                eprintln!("worker stopped: {e}");
+            }
+        });
+        self.workers.push(Worker::InProcess { stop, task });
+    }
+
+    /// Adds a `seqclust worker` process (one compute thread); returns its index.
+    pub fn add_process_worker(&mut self) -> usize {
+        let log = self
+            .root
+            .path()
+            .join(format!("worker-{}.log", self.workers.len()));
+        let child = Command::new(seqclust_bin())
+            .args(["worker", "--coordinator", &self.url(), "--threads", "1"])
+            .args(["--collective-timeout", "10", "--connect-timeout", "30"])
+            .env("SEQCLUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start a seqclust worker");
+        self.workers.push(Worker::Process(child));
+        self.workers.len() - 1
+    }
+
+    /// SIGKILLs a process worker.
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Worker::Process(c) = &mut self.workers[i] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        } else {
+            panic!("worker {i} is not a process");
+        }
+    }
+
+    /// Waits until `n` workers hold a lease.
+    pub fn wait_workers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.rt.block_on(self.meta.list("workers/")).unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} workers registered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> JobServiceClient<Channel> {
+        let url = self.url();
+        self.rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            JobServiceClient::new(ch)
+        })
+    }
+
+    /// The storage root.
+    pub fn root_str(&self) -> String {
+        self.root.path().display().to_string()
+    }
+
+    /// Generates `users` planted-persona users and ingests them as dataset `name` in 4 shards.
+    pub fn dataset(&self, name: &str, users: u64) -> String {
+        let raw = self.root.path().join("raw").join(format!("{name}.csv"));
+        let g = GenConfig {
+            users,
+            items: 2_000,
+            categories: 20,
+            mean_events: 20.0,
+            seed: 3,
+            ..GenConfig::default()
+        };
+        generate_to_files(&g, &raw, None, GenFormat::Csv, &NoProgress).unwrap();
+        let mut cfg = IngestConfig::default();
+        cfg.source.paths = vec![raw.display().to_string()];
+        cfg.source.format = Format::Csv;
+        cfg.source.columns = gen_columns();
+        cfg.output.root = self.root_str();
+        cfg.output.name = name.into();
+        cfg.output.shards = 4;
+        seqclust_data::ingest(&cfg, self.rt.handle(), &NoProgress).unwrap();
+        name.into()
+    }
+
+    /// A small, fast job on `dataset` for `workers` workers.
+    pub fn spec(&self, name: &str, dataset: &str, workers: usize) -> JobSpec {
+        let mut s = JobSpec::from_toml_str(&format!(
+            r#"
+name = "{name}"
+[dataset]
+uri = "{dataset}"
+root = "{root}"
+[encoder]
+kind = "gru"
+dim = 16
+layers = 1
+max_len = 20
+dropout = 0.0
+[objective]
+next_item_loss = {{ kind = "full" }}
+next_item_positions = "last"
+[train]
+epochs = 1
+batch_size = 64
+eval_every = 0
+log_every = 2
+seed = 5
+[kmeans]
+k = 4
+batch_size = 256
+epochs = 3.0
+seed = 9
+"#,
+            root = self.root_str()
+        ))
+        .unwrap();
+        s.resources.min_workers = workers;
+        s.resources.max_workers = workers;
+        s
+    }
+
+    /// Submits a job; returns its id.
+    pub fn submit(&self, spec: &JobSpec) -> String {
+        let mut c = self.client();
+        self.rt
+            .block_on(c.submit_job(v1::SubmitJobRequest {
+                spec: Some(spec.into()),
+                idempotency_key: String::new(),
+            }))
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id
+    }
+
+    pub fn get(&self, id: &str) -> v1::Job {
+        let mut c = self.client();
+        self.rt
+            .block_on(c.get_job(v1::GetJobRequest { id: id.into() }))
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls until `pred` holds for the job (or fails after `timeout`).
+    pub fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&v1::Job) -> bool,
+    ) -> Result<v1::Job> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.get(id);
+            if pred(&j) {
+                return Ok(j);
+            }
+            if phase_of(&j).is_ok_and(Phase::is_terminal) {
+                bail!("job ended {:?}: {}", phase_of(&j), j.error);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out; job is {:?}: {}", phase_of(&j), j.message);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the job to succeed.
+    pub fn wait_done(&self, id: &str, timeout: Duration) -> Result<v1::Job> {
+        self.wait_for(id, timeout, |j| phase_of(j).ok() == Some(Phase::Succeeded))
+            .with_context(|| format!("job {id}"))
+    }
+}
+
+impl Default for TestCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            match w {
+                Worker::InProcess { stop, task } => {
+                    let _ = stop.send(true);
+                    task.abort();
+                }
+                Worker::Process(c) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The `seqclust` binary the process tests run.
+pub fn seqclust_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SEQCLUST_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/seqclust
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("seqclust");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it (cargo build -p seqclust-cli) or set SEQCLUST_BIN",
+        bin.display()
+    );
+    bin
+}
