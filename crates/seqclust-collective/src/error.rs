@@ -54,12 +54,28 @@ pub enum Error {
     /// An earlier call failed; the group must be formed again.
     #[error("the collective group failed earlier ({0}); form a new group")]
     Poisoned(String),
+    /// An NCCL or CUDA call failed, or the libraries or the GPU are missing (feature `nccl`).
+    #[cfg(feature = "nccl")]
+    #[error("NCCL {op} failed: {message}")]
+    Nccl {
+        /// The operation.
+        op: &'static str,
+        /// NCCL's or CUDA's error.
+        message: String,
+        /// The communicator's transport failed (a peer died or stalled, the network broke):
+        /// a newly formed group may succeed.
+        transport: bool,
+    },
 }
 
 impl Error {
     /// Whether retrying with a newly formed group may succeed (a peer was lost or slow). The
     /// default is no: protocol mismatches and bad arguments repeat on retry.
     pub fn is_retryable(&self) -> bool {
+        #[cfg(feature = "nccl")]
+        if let Error::Nccl { transport, .. } = self {
+            return *transport;
+        }
         matches!(
             self,
             Error::Peer { .. } | Error::Connect { .. } | Error::Poisoned(_)

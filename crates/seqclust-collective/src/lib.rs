@@ -2,11 +2,15 @@
 
 pub mod error;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod ring;
 pub mod sparse;
 
 pub use error::{Error, Result};
 pub use local::Local;
+#[cfg(feature = "nccl")]
+pub use nccl::{Nccl, NcclId, nccl_available};
 pub use ring::{Ring, RingConfig};
 pub use sparse::{SparseRows, all_gather_rows};
 
