@@ -96,6 +96,9 @@ pub fn run(a: RunArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
                 "SEQCLUST_LOG",
                 std::env::var("SEQCLUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // candle sizes its own thread pools from these, not from --threads
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .env("CANDLE_NUM_THREADS", threads.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

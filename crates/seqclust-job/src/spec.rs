@@ -259,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn every_example_job_loads_and_validates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("job-") && name.ends_with(".toml") {
+                let s = JobSpec::from_file(&p).unwrap();
+                s.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no examples/job-*.toml");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let e = JobSpec::from_toml_str("name = \"j\"\n[train]\nbatchsize = 3\n").unwrap_err();
         assert!(e.to_string().contains("batchsize"), "{e}");

@@ -31,7 +31,8 @@ pub struct KMeansBench {
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Only these configurations (comma-separated): assign100, assign1000, lloyd100,
-    /// lloyd100_par, lloyd1000, minibatch2, minibatch20.
+    /// lloyd100_par, lloyd1000, minibatch2, minibatch20, merge10k (the coordinator merging
+    /// k = 10,000 × d = 128 partials from 8 workers).
     #[arg(long)]
     only: Option<String>,
     /// Also append the JSON lines to this file.
@@ -110,14 +111,22 @@ pub fn run(a: KMeansBench) -> Result<()> {
 }
 
 fn run_in_pool(a: &KMeansBench) -> Result<()> {
-    let n = if a.quick { 50_000 } else { 1_000_000 };
-    let data = load(&a.data_dir, n)?;
-    let pts = Points::new(&data.x, data.d)?;
     let wanted = |name: &str| {
         a.only
             .as_deref()
             .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
     };
+    if wanted("merge10k") {
+        for round in a.first_round..a.first_round + a.rounds {
+            super::merge::run(10_000, 128, 8, &format!("round{round}"), a.out.as_deref())?;
+        }
+        if a.only.as_deref() == Some("merge10k") {
+            return Ok(());
+        }
+    }
+    let n = if a.quick { 50_000 } else { 1_000_000 };
+    let data = load(&a.data_dir, n)?;
+    let pts = Points::new(&data.x, data.d)?;
     let isa = format!("{:?}", seqclust_kmeans::Isa::detect()).to_lowercase();
     let args = json!({"n": data.n, "d": data.d, "centres": 100, "seed": 42, "threads": a.threads, "data": data.source});
     for round in a.first_round..a.first_round + a.rounds {

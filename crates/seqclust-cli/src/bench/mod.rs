@@ -5,6 +5,7 @@ mod encoder;
 mod ingest;
 mod kmeans;
 mod measure;
+mod merge;
 mod ranks;
 
 use anyhow::Result;
