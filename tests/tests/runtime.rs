@@ -263,7 +263,8 @@ fn bad_submissions_get_the_right_codes_and_submits_are_idempotent() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 }
 
-/// A hand-written worker that answers every task itself, and tries a malformed and a
+/// A hand-written worker that answers every task itself (registered as an NCCL worker, so
+/// the group id must travel through the coordinator), and tries a malformed and a
 /// mis-shaped partial before the right one.
 #[test]
 fn malformed_partials_are_refused_at_the_upload_and_the_reduction_goes_on() {
@@ -278,6 +279,9 @@ fn malformed_partials_are_refused_at_the_upload_and_the_reduction_goes_on() {
             collective_addr: "127.0.0.1:1".into(),
             threads: 1,
             code_version: "test".into(),
+            // as a GPU worker: the coordinator must fetch an NCCL id from rank 0 and hand
+            // it to every rank's TRAIN task
+            collective: "nccl".into(),
         }))
         .unwrap()
         .into_inner();
@@ -328,7 +332,10 @@ fn malformed_partials_are_refused_at_the_upload_and_the_reduction_goes_on() {
             ..Default::default()
         };
         match kind {
-            TaskKind::Train => {}
+            TaskKind::NcclId => {
+                result.summary_json = serde_json::json!({ "nccl_id": "00ff10" }).to_string();
+            }
+            TaskKind::Train => assert_eq!(t.nccl_id, vec![0u8, 255, 16], "the NCCL id travels"),
             TaskKind::Embed => result.users = 90,
             TaskKind::Sample => {
                 let s = Sample {

@@ -213,6 +213,12 @@ pub struct WorkerArgs {
     /// Give up when the coordinator has been unreachable this many seconds (0: never).
     #[arg(long, default_value_t = 60.0)]
     connect_timeout: f64,
+    /// Collective backend for training: ring (CPU) or nccl (GPU; a build with --features nccl).
+    #[arg(long, env = "SEQCLUST_COLLECTIVE", default_value = "ring", value_parser = ["ring", "nccl"])]
+    collective: String,
+    /// GPU ordinal of an NCCL worker.
+    #[arg(long, env = "SEQCLUST_GPU", default_value_t = 0)]
+    gpu: usize,
 }
 
 pub fn run_worker(a: WorkerArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -239,6 +245,8 @@ pub fn run_worker(a: WorkerArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             .context("--collective-timeout")?,
         connect_timeout: Duration::try_from_secs_f64(a.connect_timeout)
             .context("--connect-timeout")?,
+        collective: a.collective,
+        gpu: a.gpu,
     };
     let shutdown = shutdown_on_signals(rt);
     rt.block_on(seqclust_worker::run(cfg, shutdown))?;

@@ -336,19 +336,26 @@ impl Driver {
         loop {
             let members = self.members().await?;
             let peers: Vec<String> = members.iter().map(|(_, a)| a.clone()).collect();
-            let tasks = members
-                .iter()
-                .enumerate()
-                .map(|(rank, (w, _))| {
-                    let mut t = self.task(v1::TaskKind::Train);
-                    t.rank = rank as u32;
-                    t.peers = peers.clone();
-                    (w.clone(), t)
-                })
-                .collect();
-            self.rec.message = format!("training on {} workers", members.len());
-            self.save().await?;
-            match self.round(tasks, None).await {
+            let outcome = match self.nccl_id(&members).await {
+                Ok(nccl_id) => {
+                    let tasks = members
+                        .iter()
+                        .enumerate()
+                        .map(|(rank, (w, _))| {
+                            let mut t = self.task(v1::TaskKind::Train);
+                            t.rank = rank as u32;
+                            t.peers = peers.clone();
+                            t.nccl_id = nccl_id.clone();
+                            (w.clone(), t)
+                        })
+                        .collect();
+                    self.rec.message = format!("training on {} workers", members.len());
+                    self.save().await?;
+                    self.round(tasks, None).await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(done) => {
                     // results come in task order: the first is rank 0's
                     self.train_summary = done
@@ -366,6 +373,50 @@ impl Driver {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+impl Driver {
+    /// The NCCL group id for these members when they all train with NCCL (rank 0 creates
+    /// it); empty when they use the ring. Members of both kinds cannot form one group.
+    async fn nccl_id(&mut self, members: &[(String, String)]) -> Result<Vec<u8>> {
+        let kinds: Vec<String> = members
+            .iter()
+            .map(|(w, _)| self.state.collective_of(w).unwrap_or_default())
+            .collect();
+        if kinds.iter().all(|k| k != "nccl") {
+            return Ok(Vec::new());
+        }
+        if kinds.iter().any(|k| k != "nccl") {
+            return Err(Error::Phase {
+                phase: Phase::Train,
+                message: format!(
+                    "members disagree on the collective (ring and nccl): {:?}",
+                    members.iter().map(|m| &m.0).zip(&kinds).collect::<Vec<_>>()
+                ),
+            });
+        }
+        let t = self.task(v1::TaskKind::NcclId);
+        let done = self.round(vec![(members[0].0.clone(), t)], None).await?;
+        let summary: serde_json::Value = done
+            .first()
+            .and_then(|d| serde_json::from_str(&d.result.summary_json).ok())
+            .unwrap_or_default();
+        let hex = summary["nccl_id"].as_str().unwrap_or_default();
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect();
+        match bytes {
+            Some(b) if !b.is_empty() => Ok(b),
+            _ => Err(Error::Phase {
+                phase: Phase::Train,
+                message: format!("rank 0 returned no NCCL id: {summary}"),
+            }),
         }
     }
 }

@@ -259,7 +259,18 @@ impl WorkerService for WorkerApi {
             .grant_lease(st.cfg.lease_ttl)
             .await
             .map_err(internal)?;
-        let id = st.add_worker(req.name, req.collective_addr, lease).await?;
+        let collective = match req.collective.as_str() {
+            "" | "ring" => "ring".to_string(),
+            "nccl" => "nccl".to_string(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "collective {other:?}: expected ring or nccl"
+                )));
+            }
+        };
+        let id = st
+            .add_worker(req.name, req.collective_addr, collective, lease)
+            .await?;
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,
             heartbeat_interval_ms: st.cfg.heartbeat_interval.as_millis() as u64,

@@ -24,6 +24,8 @@ pub(crate) type ControlTx = mpsc::Sender<Result<v1::Task, tonic::Status>>;
 pub(crate) struct WorkerEntry {
     pub name: String,
     pub collective_addr: String,
+    /// "ring" or "nccl".
+    pub collective: String,
     pub lease: LeaseId,
     pub control: Option<ControlTx>,
 }
@@ -135,11 +137,13 @@ impl State {
         &self,
         name: String,
         collective_addr: String,
+        collective: String,
         lease: LeaseId,
     ) -> Result<String> {
         let id = self.new_id("w");
         let info = serde_json::json!({
-            "name": name, "collective_addr": collective_addr, "registered_unix_ms": now_ms(),
+            "name": name, "collective_addr": collective_addr, "collective": collective,
+            "registered_unix_ms": now_ms(),
         });
         self.meta
             .put(
@@ -153,6 +157,7 @@ impl State {
             WorkerEntry {
                 name,
                 collective_addr,
+                collective,
                 lease,
                 control: None,
             },
@@ -220,6 +225,11 @@ impl State {
             });
         }
         self.wake.notify_waiters();
+    }
+
+    /// The collective backend of a registered worker.
+    pub fn collective_of(&self, id: &str) -> Option<String> {
+        lock(&self.workers).get(id).map(|w| w.collective.clone())
     }
 
     /// Workers with a control stream, in id (registration) order: `(id, collective address)`.

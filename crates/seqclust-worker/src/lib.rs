@@ -36,6 +36,10 @@ pub struct WorkerConfig {
     pub collective_timeout: Duration,
     /// How long to keep trying to reach the coordinator before giving up (0: forever).
     pub connect_timeout: Duration,
+    /// The collective backend: "ring" (CPU) or "nccl" (needs the nccl feature and a GPU).
+    pub collective: String,
+    /// The GPU ordinal an NCCL group uses.
+    pub gpu: usize,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +52,8 @@ impl Default for WorkerConfig {
             threads: 1,
             collective_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
+            collective: "ring".into(),
+            gpu: 0,
         }
     }
 }
@@ -70,7 +76,13 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         .clone()
         .unwrap_or_else(|| bound.ip().to_string());
     let collective_addr = format!("{host}:{}", bound.port());
-    let state = Arc::new(WorkerState::new(listener, cfg.collective_timeout));
+    if cfg.collective == "nccl" && !cfg!(feature = "nccl") {
+        return Err(Error::Task {
+            task: "startup".into(),
+            message: "collective \"nccl\" needs a worker built with the nccl feature".into(),
+        });
+    }
+    let state = Arc::new(WorkerState::new(listener, cfg.collective_timeout, cfg.gpu));
     let endpoint =
         Endpoint::from_shared(cfg.coordinator.clone()).map_err(|source| Error::Endpoint {
             addr: cfg.coordinator.clone(),
@@ -124,6 +136,7 @@ async fn session(
             collective_addr: collective_addr.to_string(),
             threads: cfg.threads as u32,
             code_version: env!("CARGO_PKG_VERSION").into(),
+            collective: cfg.collective.clone(),
         })
         .await
         .map_err(|s| Error::rpc("RegisterWorker", s))?

@@ -47,6 +47,8 @@ pub(crate) struct WorkerState {
     pub listener: TcpListener,
     /// Deadline of collective calls.
     pub collective_timeout: Duration,
+    /// The GPU an NCCL group runs on.
+    pub gpu: usize,
     jobs: Mutex<HashMap<String, Arc<Mutex<JobData>>>>,
     cancelled: Mutex<HashSet<String>>,
 }
@@ -71,10 +73,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WorkerState {
-    pub fn new(listener: TcpListener, collective_timeout: Duration) -> Self {
+    pub fn new(listener: TcpListener, collective_timeout: Duration, gpu: usize) -> Self {
         WorkerState {
             listener,
             collective_timeout,
+            gpu,
             jobs: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
         }
@@ -114,6 +117,7 @@ impl WorkerState {
             TaskKind::Sample => self.sample(cx, task, &spec),
             TaskKind::Partials => self.partials(cx, task, &spec),
             TaskKind::Assign => self.assign(cx, task, &spec, &run),
+            TaskKind::NcclId => nccl_id(task),
             TaskKind::Release | TaskKind::Unspecified => Err(bad(task, "not a runnable task")),
         }
     }
@@ -129,7 +133,9 @@ impl WorkerState {
             report: task.rank == 0,
             state: self,
         };
-        let report = if task.peers.len() <= 1 {
+        let report = if !task.nccl_id.is_empty() {
+            train_nccl(task, self.gpu, &job, run, cx, &obs)?
+        } else if task.peers.len() <= 1 {
             train_with(&job, run, &cx.rt, &obs, &mut Local)?
         } else {
             let addrs = task
@@ -323,6 +329,53 @@ impl WorkerState {
             summary: serde_json::json!({ "counts": counts, "inertia": inertia, "files": files }),
         })
     }
+}
+
+/// Rank 0 of an NCCL group creates its id.
+#[cfg(feature = "nccl")]
+fn nccl_id(_task: &v1::Task) -> Result<Output> {
+    let id = seqclust_collective::NcclId::new()?;
+    let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Output {
+        users: 0,
+        summary: serde_json::json!({ "nccl_id": hex }),
+    })
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_id(task: &v1::Task) -> Result<Output> {
+    Err(bad(task, NO_NCCL))
+}
+
+#[cfg(not(feature = "nccl"))]
+const NO_NCCL: &str = "this worker was built without the nccl feature";
+
+/// Trains as one rank of an NCCL group on GPU `gpu`.
+#[cfg(feature = "nccl")]
+fn train_nccl(
+    task: &v1::Task,
+    gpu: usize,
+    job: &seqclust_trainer::TrainJob,
+    run: &Location,
+    cx: &Ctx,
+    obs: &dyn Observer,
+) -> Result<seqclust_trainer::TrainReport> {
+    let id = seqclust_collective::NcclId::from_bytes(&task.nccl_id)?;
+    let mut nccl =
+        seqclust_collective::Nccl::connect(task.rank as usize, task.peers.len(), &id, gpu)?;
+    Ok(train_with(job, run, &cx.rt, obs, &mut nccl)?)
+}
+
+#[cfg(not(feature = "nccl"))]
+fn train_nccl(
+    task: &v1::Task,
+    _gpu: usize,
+    _job: &seqclust_trainer::TrainJob,
+    _run: &Location,
+    _cx: &Ctx,
+    _obs: &dyn Observer,
+) -> Result<seqclust_trainer::TrainReport> {
+    Err(bad(task, NO_NCCL))
 }
 
 fn bad(task: &v1::Task, message: impl Into<String>) -> Error {
