@@ -32,7 +32,8 @@ pub struct KMeansBench {
     rounds: usize,
     /// Only these configurations (comma-separated): assign100, assign1000, lloyd100,
     /// lloyd100_par, lloyd1000, minibatch2, minibatch20, merge10k (the coordinator merging
-    /// k = 10,000 × d = 128 partials from 8 workers).
+    /// k = 10,000 × d = 128 partials from 8 workers), merge10k_grpc (the same step through the
+    /// coordinator over loopback gRPC).
     #[arg(long)]
     only: Option<String>,
     /// Also append the JSON lines to this file.
@@ -116,11 +117,20 @@ fn run_in_pool(a: &KMeansBench) -> Result<()> {
             .as_deref()
             .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
     };
-    if wanted("merge10k") {
+    if wanted("merge10k") || wanted("merge10k_grpc") {
         for round in a.first_round..a.first_round + a.rounds {
-            super::merge::run(10_000, 128, 8, &format!("round{round}"), a.out.as_deref())?;
+            let tag = format!("round{round}");
+            if wanted("merge10k") {
+                super::merge::run(10_000, 128, 8, &tag, a.out.as_deref())?;
+            }
+            if wanted("merge10k_grpc") {
+                super::merge::run_grpc(10_000, 128, 8, &tag, a.out.as_deref())?;
+            }
         }
-        if a.only.as_deref() == Some("merge10k") {
+        if a.only
+            .as_deref()
+            .is_some_and(|o| o.split(',').all(|x| x.trim().starts_with("merge")))
+        {
             return Ok(());
         }
     }
