@@ -75,7 +75,7 @@ pub(crate) async fn run(job: &mut Driver) -> Result<Clusters> {
         .await
         .map_err(|e| Error::Phase {
             phase: Phase::Embed,
-            message: crate::driver::error_chain(&e),
+            message: seqclust_proto::convert::error_chain(&e),
         })?;
     let num_shards = ds.num_shards();
     let mut p = Progress {

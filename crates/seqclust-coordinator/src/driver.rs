@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use seqclust_job::{JobRecord, Phase, PhaseTime};
+use seqclust_proto::convert::error_chain;
 use seqclust_proto::v1;
 
 use crate::error::{Error, Result};
@@ -76,6 +77,8 @@ pub(crate) struct Driver {
     phase_started: Instant,
     last_saved: Instant,
     task_no: u64,
+    /// The members of the last round, to tell a membership change.
+    last_members: Vec<String>,
     /// Rank 0's training summary.
     pub train_summary: serde_json::Value,
 }
@@ -90,6 +93,7 @@ impl Driver {
             phase_started: Instant::now(),
             last_saved: Instant::now(),
             task_no: 0,
+            last_members: Vec::new(),
             train_summary: serde_json::Value::Null,
         }
     }
@@ -216,9 +220,11 @@ impl Driver {
                 if res.max_workers > 0 {
                     ws.truncate(res.max_workers);
                 }
-                if ws.len() != self.rec.world_size || self.rec.membership_epoch == 0 {
+                let ids: Vec<String> = ws.iter().map(|(w, _)| w.clone()).collect();
+                if ids != self.last_members {
                     self.rec.membership_epoch += 1;
                     self.rec.world_size = ws.len();
+                    self.last_members = ids;
                     self.save().await?;
                 }
                 return Ok(ws);
@@ -419,19 +425,4 @@ impl Driver {
             }),
         }
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -201,7 +201,7 @@ impl JobService for JobApi {
             if tx.send(Ok(v1::Job::from(&last))).await.is_err() {
                 return;
             }
-            while !last.phase.is_terminal() && !*state.shutdown.borrow() {
+            while !last.phase.is_terminal() && !*state.shutdown.borrow() && !tx.is_closed() {
                 let changed =
                     match tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
                         .await

@@ -343,6 +343,22 @@ impl From<&JobRecord> for v1::Job {
     }
 }
 
+/// An error and its causes on one line, as `TaskResult.error` and `Job.error` carry it
+/// (a cause whose text the line already holds is not repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// The domain phase of a wire job (unknown numbers map to an error).
 pub fn phase_of(job: &v1::Job) -> Result<Phase, Error> {
     let p = v1::Phase::try_from(job.phase)

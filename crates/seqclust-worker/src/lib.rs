@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use seqclust_proto::convert::error_chain;
 use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
 use seqclust_proto::v1::{self, TaskKind};
 use seqclust_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
@@ -237,19 +238,4 @@ async fn session(
     let _ = heartbeat.await;
     let _ = executor.await;
     outcome
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }

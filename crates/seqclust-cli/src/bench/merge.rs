@@ -57,16 +57,31 @@ pub fn run(
     let load = probe.finish();
     let mb = wire.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     let s = median(times);
+    line(
+        tag,
+        (k, d, workers),
+        json!({
+            "impl": "seqclust coordinator merge", "k": k, "n_train": workers,
+            "merge_s": s, "payload_mb": mb, "mb_per_s": mb / s,
+            "params": {"steps": "reassemble 1 MiB chunks, decode, validate, merge in rank order, mini-batch update"},
+            "load": load,
+        }),
+        out,
+    )
+}
+
+/// One JSON line in the peers' k-means schema.
+fn line(
+    tag: &str,
+    (k, d, workers): (usize, usize, usize),
+    result: serde_json::Value,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
     emit(
         json!({
             "script": "kmeans_rust", "tag": tag,
             "args": {"k": k, "d": d, "workers": workers},
-            "results": [{
-                "impl": "seqclust coordinator merge", "k": k, "n_train": workers,
-                "merge_s": s, "payload_mb": mb, "mb_per_s": mb / s,
-                "params": {"steps": "reassemble 1 MiB chunks, decode, validate, merge in rank order, mini-batch update"},
-                "load": load,
-            }],
+            "results": [result],
         }),
         out,
     )
@@ -168,17 +183,15 @@ pub fn run_grpc(
         .collect();
     let steps: Vec<f64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
     let step_s = median(steps);
-    emit(
+    line(
+        tag,
+        (k, d, workers),
         json!({
-            "script": "kmeans_rust", "tag": tag,
-            "args": {"k": k, "d": d, "workers": workers},
-            "results": [{
-                "impl": "seqclust coordinator step over gRPC", "k": k, "n_train": workers,
-                "merge_s": step_s,
-                "payload_mb": (workers * (k * d + 2 * k + 2) * 8) as f64 / 1e6,
-                "params": {"steps": "task over the control stream, centroid fetch (k x d f32) by every worker, chunked partial upload, checks, merge, Lloyd update"},
-                "load": load,
-            }],
+            "impl": "seqclust coordinator step over gRPC", "k": k, "n_train": workers,
+            "merge_s": step_s,
+            "payload_mb": (workers * (k * d + 2 * k + 2) * 8) as f64 / 1e6,
+            "params": {"steps": "task over the control stream, centroid fetch (k x d f32) by every worker, chunked partial upload, checks, merge, Lloyd update"},
+            "load": load,
         }),
         out,
     )
