@@ -169,7 +169,7 @@ fn run_group(
     if a.tcp {
         args.push("--tcp".into());
     }
-    run_ranks(world, &args)?
+    run_ranks(world, 1, &args)?
         .iter()
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad rank report {l:?}")))
         .collect()

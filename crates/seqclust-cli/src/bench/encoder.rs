@@ -106,7 +106,7 @@ fn run_world(a: &EncoderBench) -> Result<()> {
     args.extend(a.quick.then(|| "--quick".to_string()));
     args.extend(a.plain.then(|| "--plain".to_string()));
     let probe = Probe::start();
-    let reports: Vec<serde_json::Value> = run_ranks(a.world, &args)?
+    let reports: Vec<serde_json::Value> = run_ranks(a.world, threads, &args)?
         .iter()
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad rank report {l:?}")))
         .collect::<Result<_>>()?;

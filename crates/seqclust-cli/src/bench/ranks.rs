@@ -11,14 +11,18 @@ use anyhow::{Context, Result, bail};
 use seqclust_collective::{Ring, RingConfig};
 
 /// Runs `world` rank processes of `seqclust <args> --rank r --world W` and returns each rank's
-/// report line, by rank.
-pub fn run_ranks(world: usize, args: &[String]) -> Result<Vec<String>> {
+/// report line, by rank. Each rank's thread pools — rayon's and candle's own, which candle
+/// sizes from `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS`, not from `--threads` — get
+/// `threads` threads, so the ranks do not oversubscribe the cores.
+pub fn run_ranks(world: usize, threads: usize, args: &[String]) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot find the seqclust executable")?;
     let mut children: Vec<Child> = Vec::with_capacity(world);
     for rank in 0..world {
         let child = Command::new(&exe)
             .args(args)
             .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .env("CANDLE_NUM_THREADS", threads.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
