@@ -56,12 +56,17 @@ pub fn test_config(listen: &str) -> CoordinatorConfig {
 impl TestCluster {
     /// A coordinator with an in-memory metadata store and no workers.
     pub fn new() -> TestCluster {
+        Self::with_meta(|_| Arc::new(MemoryStore::new("/test/")))
+    }
+
+    /// A coordinator on the metadata store `make` opens (on the cluster's runtime).
+    pub fn with_meta(make: impl FnOnce(&Runtime) -> Arc<dyn MetaStore>) -> TestCluster {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let meta: Arc<dyn MetaStore> = Arc::new(MemoryStore::new("/test/"));
+        let meta = make(&rt);
         let (stop, rx) = watch::channel(false);
         let running = rt
             .block_on(seqclust_coordinator::start(

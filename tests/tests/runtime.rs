@@ -431,3 +431,34 @@ fn a_restarted_coordinator_carries_the_job_on() {
         "training resumed where it was"
     );
 }
+
+/// The production metadata path: the coordinator's leases, job records and idempotency keys
+/// in a real etcd (spawned from PATH; required under CI).
+#[test]
+fn a_job_runs_with_its_state_in_etcd() {
+    let Some(etcd) = seqclust_meta::conformance::etcd_server::etcd_or_skip("runtime on etcd")
+    else {
+        return;
+    };
+    let mut c = TestCluster::with_meta(|rt| {
+        let store = rt.block_on(etcd.store(Duration::from_secs(5), 3));
+        std::sync::Arc::new(store)
+    });
+    let ds = c.dataset("people", 300);
+    c.add_worker();
+    c.add_worker();
+    let id = c.submit(&c.spec("on-etcd", &ds, 2));
+    let j = c.wait_done(&id, MINUTES).unwrap();
+    assert_eq!(assignments(&j).len(), 300);
+    // the record and the workers' leased keys are in etcd
+    let jobs = c.rt.block_on(c.meta.list("jobs/")).unwrap();
+    assert_eq!(jobs.len(), 1);
+    let workers = c.rt.block_on(c.meta.list("workers/")).unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(
+        workers.iter().all(|kv| kv.lease.is_some()),
+        "worker keys carry leases"
+    );
+    drop(c);
+    drop(etcd);
+}

@@ -15,6 +15,7 @@ use tokio::time::timeout;
 use crate::error::Error;
 use crate::store::{MetaStore, WatchEvent, WatchStream};
 
+pub mod etcd_server;
 mod leases;
 
 pub use leases::{election, lease_expiry, revoke};
