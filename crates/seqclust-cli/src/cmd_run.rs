@@ -123,6 +123,53 @@ pub fn run(a: RunArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let job = outcome.with_context(|| format!("see the worker logs in {}", logs.display()))?;
     cmd_jobs::print_job(&job);
     print_clusters(&job.run_uri, rt)?;
+    let truth = truth_path(&spec);
+    if truth.exists() {
+        print_against_truth(&job.run_uri, &truth)?;
+    }
+    Ok(())
+}
+
+/// Where `ensure_dataset` writes the planted personas of `[sample_data]`.
+fn truth_path(spec: &JobSpec) -> PathBuf {
+    Path::new(&spec.dataset.root)
+        .join("raw")
+        .join(format!("{}.truth.csv", spec.dataset.uri))
+}
+
+/// ARI and NMI of the committed clusters against the planted personas.
+fn print_against_truth(run_uri: &str, truth: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(truth)
+        .with_context(|| format!("cannot read {}", truth.display()))?;
+    let persona: std::collections::HashMap<&str, u64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?, f.next()?.trim().parse().ok()?))
+        })
+        .collect();
+    let dir = Path::new(run_uri).join("clusters/assignments");
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for s in 0.. {
+        let f = dir.join(format!("part-{s:05}.parquet"));
+        if !f.exists() {
+            break;
+        }
+        let (users, clusters) = seqclust_data::embeddings::read_assignments(&f)?;
+        for (u, c) in users.iter().zip(clusters) {
+            if let Some(p) = persona.get(u.as_str()) {
+                want.push(*p);
+                got.push(u64::from(c));
+            }
+        }
+    }
+    println!(
+        "against the planted personas ({} users): ARI {:.3}, NMI {:.3}",
+        want.len(),
+        seqclust_kmeans::adjusted_rand_index(&want, &got),
+        seqclust_kmeans::normalized_mutual_info(&want, &got)
+    );
     Ok(())
 }
 
@@ -139,7 +186,7 @@ fn ensure_dataset(spec: &JobSpec, rt: &tokio::runtime::Runtime) -> Result<()> {
     let raw = Path::new(root)
         .join("raw")
         .join(format!("{}.csv.gz", spec.dataset.uri));
-    let truth = raw.with_file_name(format!("{}.truth.csv", spec.dataset.uri));
+    let truth = truth_path(spec);
     println!(
         "dataset {} not found: generating {} users with planted personas ({})",
         spec.dataset.uri,
