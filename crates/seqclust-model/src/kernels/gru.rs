@@ -158,8 +158,44 @@ fn step_fwd(
     }
 }
 
-/// [`step_fwd`] without the saved values (inference).
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// `hp[j] += h[j] · W_hhᵀ` for every row `j` (`w_t` is h × 3h): per unit of `h`, one axpy
+/// over a 3h-long row, which vectorises and keeps `hp[j]` in L1.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn recurrent_infer(hd: usize, g: usize, w_t: &[f32], h: &[f32], hp: &mut [f32]) {
+    const B: usize = 64;
+    for (hj, hpj) in h.chunks_exact(hd).zip(hp.chunks_exact_mut(g)) {
+        let mut lo = 0;
+        while lo < g {
+            let n = B.min(g - lo);
+            if n == B {
+                // a fixed-size accumulator stays in vector registers across the k loop
+                let mut acc = [0f32; B];
+                acc.copy_from_slice(&hpj[lo..lo + B]);
+                for (k, &hk) in hj.iter().enumerate() {
+                    let w: &[f32; B] = w_t[k * g + lo..k * g + lo + B]
+                        .try_into()
+                        .unwrap_or(&[0.0; B]);
+                    for i in 0..B {
+                        acc[i] += hk * w[i];
+                    }
+                }
+                hpj[lo..lo + B].copy_from_slice(&acc);
+            } else {
+                for (k, &hk) in hj.iter().enumerate() {
+                    let w = &w_t[k * g + lo..k * g + lo + n];
+                    for (o, &wv) in hpj[lo..lo + n].iter_mut().zip(w) {
+                        *o += hk * wv;
+                    }
+                }
+            }
+            lo += n;
+        }
+    }
+}
+
+/// [`step_fwd`] without the saved values (inference). The gates are split into slices and
+/// zipped so that the loop over units has no bounds checks and vectorises.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 fn step_infer(
     hd: usize,
@@ -174,9 +210,18 @@ fn step_infer(
     for (j, &m) in mask.iter().enumerate() {
         let x = &xp[j * xs..j * xs + 3 * hd];
         let p = &hp[j * 3 * hd..(j + 1) * 3 * hd];
+        let (xr, x) = x.split_at(hd);
+        let (xz, xn) = x.split_at(hd);
+        let (pr, p) = p.split_at(hd);
+        let (pz, pn) = p.split_at(hd);
         let hj = &mut h[j * hd..(j + 1) * hd];
-        for (k, hk) in hj.iter_mut().enumerate() {
-            let (_, z, n, _) = gates(x, p, hd, k);
+        for (hk, (((&xr, &xz), &xn), ((&pr, &pz), &pn))) in hj
+            .iter_mut()
+            .zip(xr.iter().zip(xz).zip(xn).zip(pr.iter().zip(pz).zip(pn)))
+        {
+            let r = sigmoid(xr + pr);
+            let z = sigmoid(xz + pz);
+            let n = tanh(xn + r * pn);
             *hk += m * (n + z * (*hk - n) - *hk);
         }
         out[j * os..j * os + hd].copy_from_slice(hj);
@@ -248,6 +293,18 @@ impl CustomOp2 for Gru {
         }
         let (w_ih, b_ih, w_hh, b_hh) = pk.split(p);
         let g = 3 * hd;
+        // inference: W_hhᵀ (h × 3h), so that a step is row updates that stay in registers
+        let w_hh_t: Vec<f32> = if self.save {
+            Vec::new()
+        } else {
+            let mut wt = vec![0f32; hd * g];
+            for (i, row) in w_hh.chunks_exact(hd).enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    wt[k * g + i] = v;
+                }
+            }
+            wt
+        };
         let mut out = vec![0f32; b * t * hd];
         let mut sv: [Vec<f32>; 5] = std::array::from_fn(|_| {
             if self.save {
@@ -294,24 +351,29 @@ impl CustomOp2 for Gru {
                         hpj.copy_from_slice(b_hh);
                         m[j] = self.mask[(s0 + j) * t + s];
                     }
-                    // hpᵀ (3h × rows) += W_hh (3h × h) · hᵀ: the long side is the gate axis
-                    // SAFETY: shapes as allocated above.
-                    unsafe {
-                        gemm_f32(
-                            g,
-                            rows,
-                            hd,
-                            hp.as_mut_ptr(),
-                            1,
-                            g as isize,
-                            true,
-                            w_hh.as_ptr(),
-                            hd as isize,
-                            1,
-                            h.as_ptr(),
-                            1,
-                            hd as isize,
-                        );
+                    if saved.is_none() {
+                        // small row counts: an axpy per unit beats a GEMM call per step
+                        recurrent_infer(hd, g, &w_hh_t, &h, &mut hp);
+                    } else {
+                        // hpᵀ (3h × rows) += W_hh (3h × h) · hᵀ: the long side is the gate axis
+                        // SAFETY: shapes as allocated above.
+                        unsafe {
+                            gemm_f32(
+                                g,
+                                rows,
+                                hd,
+                                hp.as_mut_ptr(),
+                                1,
+                                g as isize,
+                                true,
+                                w_hh.as_ptr(),
+                                hd as isize,
+                                1,
+                                h.as_ptr(),
+                                1,
+                                hd as isize,
+                            );
+                        }
                     }
                     let at = s * hd;
                     match &mut saved {
