@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["seqclust/v1/job.proto", "seqclust/v1/worker.proto"].map(|f| root.join(f));
+    let files = [
+        "seqclust/v1/job.proto",
+        "seqclust/v1/worker.proto",
+        "seqclust/v1/inference.proto",
+    ]
+    .map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

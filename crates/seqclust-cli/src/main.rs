@@ -8,6 +8,8 @@ mod cmd_gen;
 mod cmd_ingest;
 mod cmd_jobs;
 mod cmd_run;
+mod cmd_runs;
+mod cmd_serve;
 mod cmd_service;
 mod cmd_train;
 mod progress;
@@ -55,6 +57,14 @@ enum Cmd {
     Status(cmd_jobs::StatusArgs),
     /// Cancel a job.
     Cancel(cmd_jobs::CancelArgs),
+    /// Copy a committed run to a local directory, verifying every checksum.
+    Pull(cmd_runs::PullArgs),
+    /// List, show, verify and garbage-collect committed runs.
+    Runs(cmd_runs::RunsArgs),
+    /// Write out (and open) a run's HTML report.
+    Report(cmd_runs::ReportArgs),
+    /// Serve a committed run: Embed / Assign / Recommend over gRPC and JSON HTTP.
+    Serve(cmd_serve::ServeArgs),
     /// Benchmarks (JSON lines in the reference peers' format).
     Bench(bench::BenchArgs),
 }
@@ -118,6 +128,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Submit(a) => cmd_jobs::run_submit(a, &rt),
         Cmd::Status(a) => cmd_jobs::run_status(a, &rt),
         Cmd::Cancel(a) => cmd_jobs::run_cancel(a, &rt),
+        Cmd::Pull(a) => cmd_runs::run_pull(a, &rt),
+        Cmd::Runs(a) => cmd_runs::run_runs(a, &rt),
+        Cmd::Report(a) => cmd_runs::run_report(a, &rt),
+        Cmd::Serve(a) => cmd_serve::run(a, &rt),
         Cmd::Bench(a) => bench::run(a),
     }
 }

@@ -81,6 +81,8 @@ pub(crate) struct Driver {
     last_members: Vec<String>,
     /// Rank 0's training summary.
     pub train_summary: serde_json::Value,
+    /// The ANALYZE phase's summary.
+    pub analysis_summary: serde_json::Value,
 }
 
 impl Driver {
@@ -95,13 +97,14 @@ impl Driver {
             task_no: 0,
             last_members: Vec::new(),
             train_summary: serde_json::Value::Null,
+            analysis_summary: serde_json::Value::Null,
         }
     }
 
     async fn drive(&mut self) -> Result<()> {
         if matches!(
             self.rec.phase,
-            Phase::KmeansInit | Phase::Kmeans | Phase::Assign | Phase::Commit
+            Phase::KmeansInit | Phase::Kmeans | Phase::Assign | Phase::Analyze | Phase::Commit
         ) {
             info!(job = %self.rec.id, phase = %self.rec.phase, "resuming: clustering runs again from embed");
             self.rec.phase = Phase::Embed;
@@ -118,6 +121,16 @@ impl Driver {
         self.state.release_everywhere(&self.rec.id, &self.wire_spec);
         self.state.drop_centroids(&self.rec.id);
         warn!(job = %self.rec.id, phase = %end.0, error = %end.1, "job ended");
+        // a run that will never be committed leaves nothing behind
+        match seqclust_data::Location::parse(self.rec.spec.output_root(), true) {
+            Ok(root) => match seqclust_artifacts::discard(&root, &self.rec.id).await {
+                Ok(n) => info!(job = %self.rec.id, objects = n, "staged files removed"),
+                Err(e) => {
+                    warn!(job = %self.rec.id, error = %e, "could not remove staged files; `seqclust runs gc` will")
+                }
+            },
+            Err(e) => warn!(job = %self.rec.id, error = %e, "could not open the output root"),
+        }
         self.finish_phase();
         self.rec.phase = end.0;
         self.rec.error = end.1;
@@ -140,10 +153,13 @@ impl Driver {
                 | Phase::KmeansInit
                 | Phase::Kmeans
                 | Phase::Assign
+                | Phase::Analyze
                 | Phase::Commit => {
                     let clusters = crate::clustering::run(self).await?;
+                    self.enter(Phase::Analyze).await?;
+                    let staged = crate::analyze::run(self, &clusters).await?;
                     self.enter(Phase::Commit).await?;
-                    let summary = crate::commit::commit(self, &clusters).await?;
+                    let summary = crate::commit::commit(self, &clusters, staged).await?;
                     self.state.release_everywhere(&self.rec.id, &self.wire_spec);
                     self.state.drop_centroids(&self.rec.id);
                     self.enter(Phase::Succeeded).await?;

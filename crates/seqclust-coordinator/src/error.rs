@@ -12,6 +12,12 @@ pub enum Error {
     /// The k-means arithmetic refused its input.
     #[error(transparent)]
     KMeans(#[from] seqclust_kmeans::Error),
+    /// Committing or reading a run failed.
+    #[error(transparent)]
+    Artifacts(#[from] seqclust_artifacts::Error),
+    /// The analysis failed.
+    #[error(transparent)]
+    Analysis(#[from] seqclust_analysis::Error),
     /// A job spec is invalid.
     #[error(transparent)]
     Spec(#[from] seqclust_job::Error),

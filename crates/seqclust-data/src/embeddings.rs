@@ -510,25 +510,43 @@ pub fn gaussian_mixture(n: usize, d: usize, centres: usize, seed: u64) -> (Vec<f
 /// Reads the `user` (or `row`) and `cluster` columns of an assignments file written by
 /// [`write_assignments`].
 pub fn read_assignments(path: &Path) -> Result<(Vec<String>, Vec<u32>)> {
+    let a = parse_assignments(
+        bytes::Bytes::from(read_file(path)?),
+        &path.display().to_string(),
+    )?;
+    Ok((a.ids, a.clusters))
+}
+
+/// The columns of an assignments file that readers use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assigned {
+    /// User ids (or row numbers as text).
+    pub ids: Vec<String>,
+    /// Cluster per user.
+    pub clusters: Vec<u32>,
+    /// Distance to the cluster's centroid (empty when the file has no `distance` column).
+    pub distances: Vec<f32>,
+}
+
+/// Parses an assignments Parquet file (as [`assignments_parquet`] writes it) read from `location`.
+pub fn parse_assignments(bytes: bytes::Bytes, location: &str) -> Result<Assigned> {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
-    use arrow_array::types::UInt32Type;
+    use arrow_array::types::{Float32Type, UInt32Type};
     use arrow_schema::DataType;
-    let bytes = read_file(path)?;
+    let path = Path::new(location);
     let perr = |source| Error::Parquet {
-        path: path.display().to_string(),
+        path: location.to_string(),
         source,
     };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        bytes::Bytes::from(bytes),
-    )
-    .map_err(perr)?
-    .build()
-    .map_err(perr)?;
-    let (mut ids, mut clusters) = (Vec::new(), Vec::new());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(perr)?
+        .build()
+        .map_err(perr)?;
+    let mut out = Assigned::default();
     for batch in reader {
         let batch = batch.map_err(|source| Error::Arrow {
-            context: path.display().to_string(),
+            context: location.to_string(),
             source,
         })?;
         let key = batch
@@ -536,7 +554,7 @@ pub fn read_assignments(path: &Path) -> Result<(Vec<String>, Vec<u32>)> {
             .or_else(|| batch.column_by_name("row"))
             .ok_or_else(|| bad(path, "no user or row column"))?;
         let key = arrow_cast::cast(key, &DataType::Utf8).map_err(|source| Error::Arrow {
-            context: path.display().to_string(),
+            context: location.to_string(),
             source,
         })?;
         let c = batch
@@ -544,10 +562,19 @@ pub fn read_assignments(path: &Path) -> Result<(Vec<String>, Vec<u32>)> {
             .and_then(|c| c.as_primitive_opt::<UInt32Type>())
             .ok_or_else(|| bad(path, "no u32 cluster column"))?;
         let k = key.as_string::<i32>();
-        ids.extend((0..k.len()).map(|i| k.value(i).to_string()));
-        clusters.extend(c.values().iter().copied());
+        out.ids.extend((0..k.len()).map(|i| k.value(i).to_string()));
+        out.clusters.extend(c.values().iter().copied());
+        if let Some(d) = batch
+            .column_by_name("distance")
+            .and_then(|d| d.as_primitive_opt::<Float32Type>())
+        {
+            out.distances.extend(d.values().iter().copied());
+        }
     }
-    Ok((ids, clusters))
+    if !out.distances.is_empty() && out.distances.len() != out.ids.len() {
+        return Err(bad(path, "distance column shorter than the user column"));
+    }
+    Ok(out)
 }
 
 /// Writes a 2-d f32 matrix in the `PEERRAW1` container of the reference peers (a JSON header

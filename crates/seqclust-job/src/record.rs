@@ -20,6 +20,8 @@ pub enum Phase {
     Kmeans,
     /// Final assignments written per shard.
     Assign,
+    /// Cluster profiles, surrogate tree, recommendations and report (on the coordinator).
+    Analyze,
     /// Publishing the run: manifest last, then the `latest` pointer.
     Commit,
     /// Published.
@@ -37,13 +39,14 @@ impl Phase {
     }
 
     /// The phases a job runs, in order.
-    pub const PIPELINE: [Phase; 7] = [
+    pub const PIPELINE: [Phase; 8] = [
         Phase::Pending,
         Phase::Train,
         Phase::Embed,
         Phase::KmeansInit,
         Phase::Kmeans,
         Phase::Assign,
+        Phase::Analyze,
         Phase::Commit,
     ];
 
@@ -55,7 +58,8 @@ impl Phase {
             Phase::Embed => Phase::KmeansInit,
             Phase::KmeansInit => Phase::Kmeans,
             Phase::Kmeans => Phase::Assign,
-            Phase::Assign => Phase::Commit,
+            Phase::Assign => Phase::Analyze,
+            Phase::Analyze => Phase::Commit,
             Phase::Commit | Phase::Succeeded => Phase::Succeeded,
             Phase::Failed => Phase::Failed,
             Phase::Cancelled => Phase::Cancelled,
@@ -71,6 +75,7 @@ impl Phase {
             Phase::KmeansInit => "kmeans_init",
             Phase::Kmeans => "kmeans",
             Phase::Assign => "assign",
+            Phase::Analyze => "analyze",
             Phase::Commit => "commit",
             Phase::Succeeded => "succeeded",
             Phase::Failed => "failed",
@@ -161,7 +166,7 @@ mod tests {
             p = p.next();
             seen.push(p);
         }
-        assert_eq!(&seen[..7], &Phase::PIPELINE);
+        assert_eq!(&seen[..Phase::PIPELINE.len()], &Phase::PIPELINE);
         assert_eq!(p, Phase::Succeeded);
     }
 }

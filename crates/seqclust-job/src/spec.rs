@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use seqclust_analysis::{AnalysisConfig, RecommendConfig};
 use seqclust_kmeans::{Algorithm, KMeansConfig};
 use seqclust_model::{EncoderConfig, ObjectiveConfig};
 use seqclust_trainer::{DatasetRef, TrainConfig, TrainJob};
@@ -68,6 +69,10 @@ pub struct JobSpec {
     pub kmeans: KMeansConfig,
     /// Workers.
     pub resources: Resources,
+    /// Cluster profiles, surrogate tree and report (the ANALYZE phase).
+    pub analysis: AnalysisConfig,
+    /// Recommendations written with the run.
+    pub recommend: RecommendConfig,
     /// Data to generate when the dataset is missing (`seqclust run` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_data: Option<SampleData>,
@@ -90,6 +95,8 @@ impl Default for JobSpec {
                 ..KMeansConfig::default()
             },
             resources: Resources::default(),
+            analysis: AnalysisConfig::default(),
+            recommend: RecommendConfig::default(),
             sample_data: None,
         }
     }
@@ -175,6 +182,12 @@ impl JobSpec {
         })?;
         if self.kmeans.k < 2 {
             return Err(Error::field("kmeans.k", "must be at least 2"));
+        }
+        for r in [self.analysis.validate(), self.recommend.validate()] {
+            r.map_err(|e| match e {
+                seqclust_analysis::Error::Config { field, message } => Error::field(field, message),
+                other => Error::field("analysis", other.to_string()),
+            })?;
         }
         if let Some(sd) = &self.sample_data
             && sd.users < 100

@@ -177,6 +177,33 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(s.resources.min_workers, r.min_workers, usize_of);
             set!(s.resources.max_workers, r.max_workers, usize_of);
         }
+        if let Some(a) = p.analysis {
+            let c = &mut s.analysis;
+            set!(c.enabled, a.enabled);
+            set!(c.top_items, a.top_items, usize_of);
+            set!(c.min_support, a.min_support);
+            set!(c.min_share, a.min_share);
+            if !a.motif_lengths.is_empty() {
+                c.motif_lengths = a.motif_lengths.into_iter().map(usize_of).collect();
+            }
+            set!(c.top_motifs, a.top_motifs, usize_of);
+            set!(c.medoids, a.medoids, usize_of);
+            set!(c.tree_depth, a.tree_depth, usize_of);
+            set!(c.tree_users, a.tree_users, usize_of);
+            set!(c.tree_categories, a.tree_categories, usize_of);
+            set!(c.pseudonymize, a.pseudonymize);
+            set!(c.pseudonym_key_env, a.pseudonym_key_env);
+        }
+        if let Some(r) = p.recommend {
+            let c = &mut s.recommend;
+            set!(c.enabled, r.enabled);
+            set!(c.n, r.n, usize_of);
+            set!(c.model_weight, r.model_weight);
+            set!(c.cluster_weight, r.cluster_weight);
+            set!(c.exclude_seen, r.exclude_seen);
+            set!(c.trending_half_life_days, r.trending_half_life_days);
+            set!(c.eval_users, r.eval_users, usize_of);
+        }
         Ok(s)
     }
 }
@@ -276,6 +303,34 @@ impl From<&JobSpec> for v1::JobSpec {
                 min_workers: Some(u32_of(s.resources.min_workers)),
                 max_workers: Some(u32_of(s.resources.max_workers)),
             }),
+            analysis: Some(v1::AnalysisSpec {
+                enabled: Some(s.analysis.enabled),
+                top_items: Some(u32_of(s.analysis.top_items)),
+                min_support: Some(s.analysis.min_support),
+                min_share: Some(s.analysis.min_share),
+                motif_lengths: s
+                    .analysis
+                    .motif_lengths
+                    .iter()
+                    .map(|&n| u32_of(n))
+                    .collect(),
+                top_motifs: Some(u32_of(s.analysis.top_motifs)),
+                medoids: Some(u32_of(s.analysis.medoids)),
+                tree_depth: Some(u32_of(s.analysis.tree_depth)),
+                tree_users: Some(u32_of(s.analysis.tree_users)),
+                tree_categories: Some(u32_of(s.analysis.tree_categories)),
+                pseudonymize: Some(s.analysis.pseudonymize),
+                pseudonym_key_env: Some(s.analysis.pseudonym_key_env.clone()),
+            }),
+            recommend: Some(v1::RecommendSpec {
+                enabled: Some(s.recommend.enabled),
+                n: Some(u32_of(s.recommend.n)),
+                model_weight: Some(s.recommend.model_weight),
+                cluster_weight: Some(s.recommend.cluster_weight),
+                exclude_seen: Some(s.recommend.exclude_seen),
+                trending_half_life_days: Some(s.recommend.trending_half_life_days),
+                eval_users: Some(u32_of(s.recommend.eval_users)),
+            }),
         }
     }
 }
@@ -289,6 +344,7 @@ impl From<Phase> for v1::Phase {
             Phase::KmeansInit => v1::Phase::KmeansInit,
             Phase::Kmeans => v1::Phase::Kmeans,
             Phase::Assign => v1::Phase::Assign,
+            Phase::Analyze => v1::Phase::Analyze,
             Phase::Commit => v1::Phase::Commit,
             Phase::Succeeded => v1::Phase::Succeeded,
             Phase::Failed => v1::Phase::Failed,
@@ -309,6 +365,7 @@ impl TryFrom<v1::Phase> for Phase {
             v1::Phase::KmeansInit => Phase::KmeansInit,
             v1::Phase::Kmeans => Phase::Kmeans,
             v1::Phase::Assign => Phase::Assign,
+            v1::Phase::Analyze => Phase::Analyze,
             v1::Phase::Commit => Phase::Commit,
             v1::Phase::Succeeded => Phase::Succeeded,
             v1::Phase::Failed => Phase::Failed,

@@ -257,14 +257,27 @@ pub async fn save_model(run: &Location, model: &SeqModel, info: &ModelInfo) -> R
 
 /// Loads a model written by [`save_model`].
 pub async fn load_model(run: &Location) -> Result<(SeqModel, ModelInfo)> {
-    let loc = run.display_of("model/config.json");
-    let info: ModelInfo = serde_json::from_slice(&run.get("model/config.json").await?)
-        .map_err(|e| Error::checkpoint(&loc, e.to_string()))?;
+    model_from_bytes(
+        &run.get("model/config.json").await?,
+        &run.get("model/encoder.safetensors").await?,
+        &run.display_of("model"),
+    )
+}
+
+/// Builds a model from the bytes of `model/config.json` and `model/encoder.safetensors`
+/// (read by a caller that has verified them); `location` names the model in errors.
+pub fn model_from_bytes(
+    config: &[u8],
+    weights: &[u8],
+    location: &str,
+) -> Result<(SeqModel, ModelInfo)> {
+    let info: ModelInfo = serde_json::from_slice(config)
+        .map_err(|e| Error::checkpoint(format!("{location}/config.json"), e.to_string()))?;
     let mut model = SeqModel::new(&info.encoder, info.vocab, 0)?;
     load_weights(
         &mut model,
-        &run.get("model/encoder.safetensors").await?,
-        &run.display_of("model/encoder.safetensors"),
+        weights,
+        &format!("{location}/encoder.safetensors"),
     )?;
     Ok((model, info))
 }

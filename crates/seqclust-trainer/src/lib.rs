@@ -8,7 +8,7 @@ pub mod evaluate;
 pub mod examples;
 pub mod train;
 
-pub use checkpoint::{ModelInfo, load_model, save_model};
+pub use checkpoint::{ModelInfo, load_model, model_from_bytes, save_model};
 pub use config::{DatasetRef, TrainConfig, TrainJob};
 pub use data_parallel::{average_gradients, shard_of};
 pub use error::{Error, Result};

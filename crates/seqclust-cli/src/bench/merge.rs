@@ -148,7 +148,8 @@ pub fn run_grpc(
         "name = \"merge\"\n[dataset]\nuri = \"merge\"\nroot = \"{root}\"\n\
          [train]\nepochs = 1\nbatch_size = 64\n\
          [kmeans]\nk = {k}\nalgorithm = \"lloyd\"\nmax_iter = 6\ntol = 0.0\ninit = {{ kind = \"random\" }}\n\
-         [resources]\nmin_workers = {workers}\nmax_workers = {workers}\n"
+         [resources]\nmin_workers = {workers}\nmax_workers = {workers}\n\
+         [analysis]\nenabled = false\n"
     ))?;
     let probe = Probe::start();
     let job = rt.block_on(async {

@@ -7,6 +7,7 @@ mod kmeans;
 mod measure;
 mod merge;
 mod ranks;
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -28,6 +29,8 @@ enum Which {
     Encoder(encoder::EncoderBench),
     /// Ring all-reduce bandwidth between rank processes on loopback (the gloo peer's setup).
     Allreduce(allreduce::AllReduceBench),
+    /// `seqclust serve` Assign throughput and p50/p99 latency vs concurrency (loopback gRPC).
+    Serve(serve::ServeBench),
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -36,5 +39,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Which::Kmeans(b) => kmeans::run(b),
         Which::Encoder(b) => encoder::run(b),
         Which::Allreduce(b) => allreduce::run(b),
+        Which::Serve(b) => serve::run(b),
     }
 }

@@ -1,0 +1,210 @@
+//! Micro-batching: requests queue on one channel; each batcher thread takes what is waiting
+//! (up to `max_batch`, optionally lingering `max_wait` for more), encodes the batch in one
+//! forward pass against the run loaded *at that moment*, and answers every request. Under
+//! load, batches form while the previous one runs; when idle, a request waits for nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use seqclust_analysis::recommend::{Trend, blend_top};
+use seqclust_kmeans::{Points, assign};
+use seqclust_trainer::Owned;
+
+use crate::error::{Error, Result};
+use crate::loaded::Loaded;
+use crate::metrics::Metrics;
+
+/// What a request wants.
+#[derive(Debug, Clone, Copy)]
+pub enum Want {
+    /// The user vector.
+    Embed,
+    /// The cluster.
+    Assign,
+    /// The top-n items.
+    Recommend(usize),
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The run that answered.
+    pub run_id: Arc<str>,
+    /// The user vector (Embed).
+    pub vector: Vec<f32>,
+    /// Cluster, distance, runner-up and its distance (Assign, Recommend).
+    pub cluster: u32,
+    /// Distance to the cluster's centroid.
+    pub distance: f32,
+    /// The runner-up cluster.
+    pub runner_up: Option<u32>,
+    /// Distance to the runner-up.
+    pub runner_up_distance: f32,
+    /// Recommended (item key, score), best first.
+    pub items: Vec<(String, f32)>,
+}
+
+struct Job {
+    seq: Owned,
+    want: Want,
+    reply: oneshot::Sender<Result<Answer>>,
+}
+
+/// The queue in front of the batcher threads.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: Sender<Job>,
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most requests per forward pass.
+    pub max_batch: usize,
+    /// How long a batcher lingers for more requests once it has one (0: not at all).
+    pub max_wait: Duration,
+    /// Batcher threads (default: half the CPUs).
+    pub threads: usize,
+    /// Requests that may wait; more are refused with Unavailable.
+    pub queue: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch: 64,
+            max_wait: Duration::ZERO,
+            // half the CPUs: the other half decodes and answers the RPCs
+            threads: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+            queue: 4096,
+        }
+    }
+}
+
+impl Batcher {
+    /// Starts the batcher threads over the current run in `current`.
+    pub fn start(
+        current: Arc<ArcSwap<Loaded>>,
+        cfg: BatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> Batcher {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue.max(1));
+        for i in 0..cfg.threads.max(1) {
+            let rx = rx.clone();
+            let current = current.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name(format!("serve-batch-{i}"))
+                .spawn(move || run(rx, current, cfg, metrics))
+                .map(|_| ())
+                .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start a batcher thread"));
+        }
+        Batcher { tx }
+    }
+
+    /// Queues a request and waits for its answer.
+    pub async fn submit(&self, seq: Owned, want: Want) -> Result<Answer> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { seq, want, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::Unavailable(
+                    "the request queue is full; retry".into(),
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(Error::Unavailable("the server is shutting down".into()));
+            }
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("the batcher stopped".into()))?
+    }
+}
+
+fn run(rx: Receiver<Job>, current: Arc<ArcSwap<Loaded>>, cfg: BatchConfig, metrics: Arc<Metrics>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + cfg.max_wait;
+        while jobs.len() < cfg.max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) if cfg.max_wait.is_zero() => break,
+                Err(_) => match rx.recv_deadline(deadline) {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                },
+            }
+        }
+        metrics.batch_size.observe(jobs.len() as f64);
+        // the run is pinned for the whole batch: a reload swaps it for the next one
+        let loaded = current.load_full();
+        match answer(&loaded, &jobs) {
+            Ok(answers) => {
+                for (j, a) in jobs.into_iter().zip(answers) {
+                    let _ = j.reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(Error::Run {
+                        run: loaded.run_id.clone(),
+                        message: msg.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn answer(m: &Loaded, jobs: &[Job]) -> Result<Vec<Answer>> {
+    let seqs: Vec<Owned> = jobs.iter().map(|j| j.seq.clone()).collect();
+    let d = m.model.config().dim;
+    let vectors = seqclust_trainer::embed(&m.model, &seqs, seqs.len())?;
+    let asg = assign(&Points::new(&vectors, d)?, &m.packed);
+    let run_id: Arc<str> = Arc::from(m.run_id.as_str());
+    let table_rows = m.model.vocab().items;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (i, j) in jobs.iter().enumerate() {
+        let v = &vectors[i * d..(i + 1) * d];
+        let a = asg[i];
+        let mut ans = Answer {
+            run_id: run_id.clone(),
+            vector: Vec::new(),
+            cluster: a.cluster,
+            distance: a.distance,
+            runner_up: (a.runner_up != u32::MAX).then_some(a.runner_up),
+            runner_up_distance: a.runner_up_distance,
+            items: Vec::new(),
+        };
+        match j.want {
+            Want::Embed => ans.vector = v.to_vec(),
+            Want::Assign => {}
+            Want::Recommend(n) => {
+                let table = &m.model.items.values()[..table_rows * d];
+                let scores: Vec<f32> = table
+                    .chunks_exact(d)
+                    .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
+                    .collect();
+                let cfg = seqclust_analysis::RecommendConfig {
+                    n,
+                    ..m.recommend.clone()
+                };
+                let trend = m
+                    .trending
+                    .get(a.cluster as usize)
+                    .map_or(Trend::None, |t| Trend::Sparse(t));
+                ans.items = blend_top(&scores, &j.seq.items, trend, &cfg)
+                    .into_iter()
+                    .map(|(i, s)| (m.item_key(i), s))
+                    .collect();
+            }
+        }
+        out.push(ans);
+    }
+    Ok(out)
+}
