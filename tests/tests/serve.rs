@@ -402,3 +402,60 @@ print("python ok", a.num_rows, r.num_rows, c.shape)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn pseudonymized_runs_publish_no_raw_user_ids() {
+    // SAFETY: set before any thread of this test reads it; no other test uses this variable.
+    unsafe { std::env::set_var("SEQCLUST_TEST_PSEUDONYM_KEY", "a test key of 24 bytes..") };
+    let mut c = TestCluster::new();
+    let ds = c.dataset("private", 300);
+    c.add_worker();
+    let mut spec = c.spec("private", &ds, 1);
+    spec.analysis.pseudonymize = true;
+    spec.analysis.pseudonym_key_env = "SEQCLUST_TEST_PSEUDONYM_KEY".into();
+    let id = c.submit(&spec);
+    c.wait_done(&id, MINUTES).unwrap();
+    let root = Location::parse(&c.root_str(), false).unwrap();
+    let run = c.rt.block_on(Run::open(&root, &id)).unwrap();
+    let raw: Vec<String> = requests(&c, &ds, 300).into_iter().map(|r| r.0).collect();
+    let hashed = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for f in run.files_under("clusters/assignments/") {
+        let a =
+            seqclust_data::embeddings::parse_assignments(c.rt.block_on(run.read(f)).unwrap(), f)
+                .unwrap();
+        assert!(!a.ids.is_empty());
+        assert!(
+            a.ids.iter().all(|u| hashed(u) && !raw.contains(u)),
+            "{f}: {:?}",
+            &a.ids[..3]
+        );
+    }
+    let profiles: serde_json::Value =
+        serde_json::from_slice(&c.rt.block_on(run.read("clusters/profiles.json")).unwrap())
+            .unwrap();
+    assert_eq!(profiles["pseudonymized"], true);
+    for cl in profiles["clusters"].as_array().unwrap() {
+        for m in cl["medoids"].as_array().unwrap() {
+            assert!(hashed(m.as_str().unwrap()));
+        }
+    }
+    let recs = c.rt.block_on(run.read("recs/part-00000.parquet")).unwrap();
+    let text = String::from_utf8_lossy(&recs);
+    assert!(!raw.iter().any(|u| text.contains(&format!("\u{0}{u}\u{0}"))));
+    // without the key the job is refused at ANALYZE, naming the variable
+    let mut spec = c.spec("private2", &ds, 1);
+    spec.analysis.pseudonymize = true;
+    spec.analysis.pseudonym_key_env = "SEQCLUST_TEST_SURELY_UNSET".into();
+    let id = c.submit(&spec);
+    let err = c.wait_done(&id, MINUTES).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("SEQCLUST_TEST_SURELY_UNSET"),
+        "{err:#}"
+    );
+    // and it left nothing behind (no staged object; empty local directories do not count)
+    let runs = c.rt.block_on(seqclust_artifacts::list(&root)).unwrap();
+    assert!(
+        runs.iter().all(|r| r.id != id),
+        "staged files of the failed job remain"
+    );
+}
