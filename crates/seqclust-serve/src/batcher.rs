@@ -1,12 +1,12 @@
 //! Micro-batching: requests queue on one channel; each batcher thread takes what is waiting
 //! (up to `max_batch`, optionally lingering `max_wait` for more), encodes the batch in one
-//! forward pass against the run loaded *at that moment*, and answers every request. Under
+//! forward pass against the run each request was parsed with (so that a reload never mixes
+//! one run's vocabulary with another's model), and answers every request. Under
 //! load, batches form while the previous one runs; when idle, a request waits for nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
@@ -49,6 +49,8 @@ pub struct Answer {
 }
 
 struct Job {
+    /// The run the request was parsed against; it is answered by the same run.
+    run: Arc<Loaded>,
     seq: Owned,
     want: Want,
     reply: oneshot::Sender<Result<Answer>>,
@@ -86,30 +88,30 @@ impl Default for BatchConfig {
 }
 
 impl Batcher {
-    /// Starts the batcher threads over the current run in `current`.
-    pub fn start(
-        current: Arc<ArcSwap<Loaded>>,
-        cfg: BatchConfig,
-        metrics: Arc<Metrics>,
-    ) -> Batcher {
+    /// Starts the batcher threads.
+    pub fn start(cfg: BatchConfig, metrics: Arc<Metrics>) -> Batcher {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue.max(1));
         for i in 0..cfg.threads.max(1) {
             let rx = rx.clone();
-            let current = current.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("serve-batch-{i}"))
-                .spawn(move || run(rx, current, cfg, metrics))
+                .spawn(move || run(rx, cfg, metrics))
                 .map(|_| ())
                 .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start a batcher thread"));
         }
         Batcher { tx }
     }
 
-    /// Queues a request and waits for its answer.
-    pub async fn submit(&self, seq: Owned, want: Want) -> Result<Answer> {
+    /// Queues a request parsed against `run` and waits for its answer (from the same run).
+    pub async fn submit(&self, run: Arc<Loaded>, seq: Owned, want: Want) -> Result<Answer> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { seq, want, reply }) {
+        match self.tx.try_send(Job {
+            run,
+            seq,
+            want,
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::Unavailable(
@@ -125,7 +127,7 @@ impl Batcher {
     }
 }
 
-fn run(rx: Receiver<Job>, current: Arc<ArcSwap<Loaded>>, cfg: BatchConfig, metrics: Arc<Metrics>) {
+fn run(rx: Receiver<Job>, cfg: BatchConfig, metrics: Arc<Metrics>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let deadline = Instant::now() + cfg.max_wait;
@@ -140,36 +142,46 @@ fn run(rx: Receiver<Job>, current: Arc<ArcSwap<Loaded>>, cfg: BatchConfig, metri
             }
         }
         metrics.batch_size.observe(jobs.len() as f64);
-        // the run is pinned for the whole batch: a reload swaps it for the next one
-        let loaded = current.load_full();
-        match answer(&loaded, &jobs) {
-            Ok(answers) => {
-                for (j, a) in jobs.into_iter().zip(answers) {
-                    let _ = j.reply.send(Ok(a));
-                }
+        // one forward pass per run: during a reload a batch may hold requests of both
+        while !jobs.is_empty() {
+            let run = jobs[0].run.clone();
+            let (mine, rest): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| Arc::ptr_eq(&j.run, &run));
+            jobs = rest;
+            let (mut seqs, mut wants, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+            for j in mine {
+                seqs.push(j.seq);
+                wants.push(j.want);
+                replies.push(j.reply);
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for j in jobs {
-                    let _ = j.reply.send(Err(Error::Run {
-                        run: loaded.run_id.clone(),
-                        message: msg.clone(),
-                    }));
+            match answer(&run, &seqs, &wants) {
+                Ok(answers) => {
+                    for (r, a) in replies.into_iter().zip(answers) {
+                        let _ = r.send(Ok(a));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for r in replies {
+                        let _ = r.send(Err(Error::Run {
+                            run: run.run_id.clone(),
+                            message: msg.clone(),
+                        }));
+                    }
                 }
             }
         }
     }
 }
 
-fn answer(m: &Loaded, jobs: &[Job]) -> Result<Vec<Answer>> {
-    let seqs: Vec<Owned> = jobs.iter().map(|j| j.seq.clone()).collect();
+fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
     let d = m.model.config().dim;
-    let vectors = seqclust_trainer::embed(&m.model, &seqs, seqs.len())?;
+    let vectors = seqclust_trainer::embed(&m.model, seqs, seqs.len())?;
     let asg = assign(&Points::new(&vectors, d)?, &m.packed);
     let run_id: Arc<str> = Arc::from(m.run_id.as_str());
     let table_rows = m.model.vocab().items;
-    let mut out = Vec::with_capacity(jobs.len());
-    for (i, j) in jobs.iter().enumerate() {
+    let mut out = Vec::with_capacity(seqs.len());
+    for (i, (seq, want)) in seqs.iter().zip(wants).enumerate() {
         let v = &vectors[i * d..(i + 1) * d];
         let a = asg[i];
         let mut ans = Answer {
@@ -181,7 +193,7 @@ fn answer(m: &Loaded, jobs: &[Job]) -> Result<Vec<Answer>> {
             runner_up_distance: a.runner_up_distance,
             items: Vec::new(),
         };
-        match j.want {
+        match *want {
             Want::Embed => ans.vector = v.to_vec(),
             Want::Assign => {}
             Want::Recommend(n) => {
@@ -198,7 +210,7 @@ fn answer(m: &Loaded, jobs: &[Job]) -> Result<Vec<Answer>> {
                     .trending
                     .get(a.cluster as usize)
                     .map_or(Trend::None, |t| Trend::Sparse(t));
-                ans.items = blend_top(&scores, &j.seq.items, trend, &cfg)
+                ans.items = blend_top(&scores, &seq.items, trend, &cfg)
                     .into_iter()
                     .map(|(i, s)| (m.item_key(i), s))
                     .collect();

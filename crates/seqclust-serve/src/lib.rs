@@ -69,9 +69,10 @@ impl Server {
     ) -> Result<(batcher::Answer, u32)> {
         let t0 = Instant::now();
         let result = async {
-            let (seq, unknown) = self.current.load().parse(q.events)?;
+            let run = self.current.load_full();
+            let (seq, unknown) = run.parse(q.events)?;
             self.metrics.unknown_items.inc_by(u64::from(unknown));
-            let a = self.batcher.submit(seq, q.want).await?;
+            let a = self.batcher.submit(run, seq, q.want).await?;
             Ok((a, unknown))
         }
         .await;
@@ -260,7 +261,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<
         .with_label_values(&[&loaded.run_id, &loaded.name])
         .set(1);
     let current = Arc::new(ArcSwap::from_pointee(loaded));
-    let batcher = Batcher::start(current.clone(), cfg.batch, metrics.clone());
+    let batcher = Batcher::start(cfg.batch, metrics.clone());
     let server = Arc::new(Server {
         current,
         batcher,
