@@ -170,6 +170,18 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERMs a process worker (what Kubernetes sends) and waits for it to exit: its exit
+    /// status and how long it took.
+    pub fn terminate_worker(&mut self, i: usize) -> (std::process::ExitStatus, Duration) {
+        let Worker::Process(c) = &mut self.workers[i] else {
+            panic!("worker {i} is not a process");
+        };
+        let t = Instant::now();
+        sigterm(c.id());
+        let st = c.wait().unwrap();
+        (st, t.elapsed())
+    }
+
     /// Waits until `n` workers hold a lease.
     pub fn wait_workers(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -201,62 +213,12 @@ impl TestCluster {
 
     /// Generates `users` planted-persona users and ingests them as dataset `name` in 4 shards.
     pub fn dataset(&self, name: &str, users: u64) -> String {
-        let raw = self.root.path().join("raw").join(format!("{name}.csv"));
-        let g = GenConfig {
-            users,
-            items: 2_000,
-            categories: 20,
-            mean_events: 20.0,
-            seed: 3,
-            ..GenConfig::default()
-        };
-        generate_to_files(&g, &raw, None, GenFormat::Csv, &NoProgress).unwrap();
-        let mut cfg = IngestConfig::default();
-        cfg.source.paths = vec![raw.display().to_string()];
-        cfg.source.format = Format::Csv;
-        cfg.source.columns = gen_columns();
-        cfg.output.root = self.root_str();
-        cfg.output.name = name.into();
-        cfg.output.shards = 4;
-        seqclust_data::ingest(&cfg, self.rt.handle(), &NoProgress).unwrap();
-        name.into()
+        make_dataset(&self.rt, self.root.path(), name, users)
     }
 
     /// A small, fast job on `dataset` for `workers` workers.
     pub fn spec(&self, name: &str, dataset: &str, workers: usize) -> JobSpec {
-        let mut s = JobSpec::from_toml_str(&format!(
-            r#"
-name = "{name}"
-[dataset]
-uri = "{dataset}"
-root = "{root}"
-[encoder]
-kind = "gru"
-dim = 16
-layers = 1
-max_len = 20
-dropout = 0.0
-[objective]
-next_item_loss = {{ kind = "full" }}
-next_item_positions = "last"
-[train]
-epochs = 1
-batch_size = 64
-eval_every = 0
-log_every = 2
-seed = 5
-[kmeans]
-k = 4
-batch_size = 256
-epochs = 3.0
-seed = 9
-"#,
-            root = self.root_str()
-        ))
-        .unwrap();
-        s.resources.min_workers = workers;
-        s.resources.max_workers = workers;
-        s
+        small_spec(&self.root_str(), name, dataset, workers)
     }
 
     /// Submits a job; returns its id.
@@ -334,6 +296,96 @@ impl Drop for TestCluster {
         }
         let _ = self.stop.send(true);
     }
+}
+
+/// Generates `users` planted-persona users under `root/raw` and ingests them as dataset `name`
+/// (4 shards) under `root`.
+pub fn make_dataset(rt: &Runtime, root: &Path, name: &str, users: u64) -> String {
+    let raw = root.join("raw").join(format!("{name}.csv"));
+    let g = GenConfig {
+        users,
+        items: 2_000,
+        categories: 20,
+        mean_events: 20.0,
+        seed: 3,
+        ..GenConfig::default()
+    };
+    generate_to_files(&g, &raw, None, GenFormat::Csv, &NoProgress).unwrap();
+    let mut cfg = IngestConfig::default();
+    cfg.source.paths = vec![raw.display().to_string()];
+    cfg.source.format = Format::Csv;
+    cfg.source.columns = gen_columns();
+    cfg.output.root = root.display().to_string();
+    cfg.output.name = name.into();
+    cfg.output.shards = 4;
+    seqclust_data::ingest(&cfg, rt.handle(), &NoProgress).unwrap();
+    name.into()
+}
+
+/// A small, fast job on `dataset` (under `root`) for `workers` workers.
+pub fn small_spec(root: &str, name: &str, dataset: &str, workers: usize) -> JobSpec {
+    let mut s = JobSpec::from_toml_str(&format!(
+        r#"
+name = "{name}"
+[dataset]
+uri = "{dataset}"
+root = "{root}"
+[encoder]
+kind = "gru"
+dim = 16
+layers = 1
+max_len = 20
+dropout = 0.0
+[objective]
+next_item_loss = {{ kind = "full" }}
+next_item_positions = "last"
+[train]
+epochs = 1
+batch_size = 64
+eval_every = 0
+log_every = 2
+seed = 5
+[kmeans]
+k = 4
+batch_size = 256
+epochs = 3.0
+seed = 9
+"#,
+        root = root
+    ))
+    .unwrap();
+    s.resources.min_workers = workers;
+    s.resources.max_workers = workers;
+    s
+}
+
+/// Sends SIGTERM (what Kubernetes sends to stop a pod) to process `pid`.
+pub fn sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -TERM {pid} failed");
+}
+
+/// A plain HTTP/1.1 request on loopback: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// The `seqclust` binary the process tests run.

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use seqclust_data::dataset::Dataset;
 use seqclust_proto::v1;
 use seqclust_proto::v1::inference_service_client::InferenceServiceClient;
 use seqclust_serve::{BatchConfig, ServeConfig};
-use seqclust_tests::TestCluster;
+use seqclust_tests::{TestCluster, http};
 
 const MINUTES: Duration = Duration::from_secs(240);
 
@@ -42,24 +41,6 @@ fn requests(c: &TestCluster, ds: &str, n: usize) -> Vec<(String, v1::SequenceReq
             })
             .collect()
     })
-}
-
-fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 #[test]

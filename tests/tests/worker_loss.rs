@@ -1,4 +1,4 @@
-//! Worker processes killed with SIGKILL while a job runs.
+//! Worker processes killed with SIGKILL, or stopped with SIGTERM, while a job trains.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -7,13 +7,14 @@ use seqclust_job::Phase;
 use seqclust_proto::convert::phase_of;
 use seqclust_tests::TestCluster;
 
-#[test]
-fn a_worker_killed_during_training_does_not_lose_the_job() {
+/// Two process workers training a job (30 epochs, checkpoints every 10 steps) that may go on
+/// with one: the cluster, the first worker's index and the job id, once training is under way.
+fn training_on_two_process_workers(name: &str) -> (TestCluster, usize, String) {
     let mut c = TestCluster::new();
     let ds = c.dataset("people", 1500);
     let a = c.add_process_worker();
     c.add_process_worker();
-    let mut spec = c.spec("loss", &ds, 2);
+    let mut spec = c.spec(name, &ds, 2);
     // the job may go on with one worker once the other is gone
     spec.resources.min_workers = 1;
     spec.resources.max_workers = 2;
@@ -26,6 +27,12 @@ fn a_worker_killed_during_training_does_not_lose_the_job() {
         phase_of(j).ok() == Some(Phase::Train) && j.world_size == 2 && j.phase_progress > 0.1
     })
     .unwrap();
+    (c, a, id)
+}
+
+#[test]
+fn a_worker_killed_during_training_does_not_lose_the_job() {
+    let (mut c, a, id) = training_on_two_process_workers("loss");
     let t = std::time::Instant::now();
     c.kill_worker(a);
     let j = c
@@ -43,4 +50,24 @@ fn a_worker_killed_during_training_does_not_lose_the_job() {
     let log = std::fs::read_to_string(c.root.path().join("worker-1.log")).unwrap();
     assert!(log.contains("resuming from step"), "{log}");
     eprintln!("worker loss noticed in {noticed:?}; job finished on the survivor");
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_during_training_hands_back_its_work_and_leaves() {
+    let (mut c, a, id) = training_on_two_process_workers("leave");
+    // Kubernetes scales the pool down: the worker stops at its next step and exits cleanly
+    let (status, took) = c.terminate_worker(a);
+    assert!(status.success(), "the worker exited with {status}");
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    let j = c
+        .wait_for(&id, Duration::from_secs(60), |j| j.world_size == 1)
+        .unwrap();
+    assert!(j.membership_epoch >= 2);
+    let j = c.wait_done(&id, Duration::from_secs(240)).unwrap();
+    assert_eq!(j.world_size, 1);
+    let log = std::fs::read_to_string(c.root.path().join("worker-0.log")).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+    let survivor = std::fs::read_to_string(c.root.path().join("worker-1.log")).unwrap();
+    assert!(survivor.contains("resuming from step"), "{survivor}");
+    eprintln!("worker left {took:?} after SIGTERM; the job finished on the survivor");
 }

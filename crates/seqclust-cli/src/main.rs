@@ -51,6 +51,8 @@ enum Cmd {
     Coordinator(cmd_service::CoordinatorArgs),
     /// Run a worker that registers with a coordinator.
     Worker(cmd_service::WorkerArgs),
+    /// Check a service config file, or print the defaults.
+    Config(cmd_service::ConfigArgs),
     /// Submit a job spec to a coordinator.
     Submit(cmd_jobs::SubmitArgs),
     /// Show jobs, or one job's phases and progress.
@@ -67,19 +69,6 @@ enum Cmd {
     Serve(cmd_serve::ServeArgs),
     /// Benchmarks (JSON lines in the reference peers' format).
     Bench(bench::BenchArgs),
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEQCLUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Keeps freed memory in the process: tensors of the same sizes are allocated and freed every
@@ -99,7 +88,6 @@ fn tune_allocator() {
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -110,6 +98,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // the services start logging from their config file's [telemetry] table
+    let _log = match cli.cmd {
+        Cmd::Coordinator(_) | Cmd::Worker(_) => None,
+        _ => Some(cmd_service::init_logging(
+            &seqclust_telemetry::TelemetryConfig::default(),
+            cli.log_json,
+        )?),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -123,8 +119,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Embed(a) => cmd_train::run_embed(a, &rt),
         Cmd::Cluster(a) => cmd_cluster::run(*a),
         Cmd::Run(a) => cmd_run::run(a, &rt),
-        Cmd::Coordinator(a) => cmd_service::run_coordinator(a, &rt),
-        Cmd::Worker(a) => cmd_service::run_worker(a, &rt),
+        Cmd::Coordinator(a) => cmd_service::run_coordinator(a, cli.log_json, &rt),
+        Cmd::Worker(a) => cmd_service::run_worker(a, cli.log_json, &rt),
+        Cmd::Config(a) => cmd_service::run_config(a),
         Cmd::Submit(a) => cmd_jobs::run_submit(a, &rt),
         Cmd::Status(a) => cmd_jobs::run_status(a, &rt),
         Cmd::Cancel(a) => cmd_jobs::run_cancel(a, &rt),

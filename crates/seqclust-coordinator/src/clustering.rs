@@ -103,6 +103,7 @@ pub(crate) async fn run(job: &mut Driver) -> Result<Clusters> {
             Ok(c) => return Ok(c),
             Err(e) if e.is_retryable() && attempt < job.state.cfg.phase_retries => {
                 attempt += 1;
+                crate::metrics::ROUND_RETRIES.inc();
                 warn!(job = %job.rec.id, error = %e, attempt, "clustering round failed; reassigning shards");
                 job.rec.message = format!("reassigning shards after: {e}");
                 job.save().await?;
@@ -223,6 +224,10 @@ async fn attempt_once(
         update(p, &merged, &cfg, step, t0);
         p.step = step;
         let last = p.history.last().map_or(0.0, |h| h.inertia_per_point);
+        crate::metrics::KMEANS_STEPS.inc();
+        crate::metrics::KMEANS_INERTIA
+            .with_label_values(&[&job.rec.id])
+            .set(last);
         job.progress(
             step as f64 / p.steps.max(1) as f64,
             format!("step {step}/{} inertia/point {last:.5}", p.steps),

@@ -11,15 +11,15 @@ pub struct CoordinatorConfig {
     /// gRPC listen address (`0.0.0.0:7070` in a pod; port 0 picks one).
     pub listen: String,
     /// A worker silent for this long is dropped and its shards reassigned.
-    #[serde(with = "secs")]
+    #[serde(with = "seqclust_job::secs")]
     pub lease_ttl: Duration,
     /// Workers heartbeat this often.
-    #[serde(with = "secs")]
+    #[serde(with = "seqclust_job::secs")]
     pub heartbeat_interval: Duration,
     /// Largest binary result a worker may push (partials, samples), in bytes.
     pub max_payload_bytes: usize,
     /// A round of EMBED / k-means / ASSIGN tasks fails after this long.
-    #[serde(with = "secs")]
+    #[serde(with = "seqclust_job::secs")]
     pub task_timeout: Duration,
     /// How often a phase is retried after losing workers before the job fails.
     pub phase_retries: usize,
@@ -61,21 +61,5 @@ impl CoordinatorConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Durations as (fractional) seconds in config files.
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use seqclust_job::{JobRecord, Phase, PhaseTime};
 use seqclust_proto::convert::error_chain;
@@ -33,7 +33,7 @@ pub(crate) async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) 
                 let id = rec.id.clone();
                 state.set_active(Some(id.clone()));
                 let mut d = Driver::new(state.clone(), rec, shutdown.clone());
-                let res = d.drive().await;
+                let res = d.drive().instrument(info_span!("job", job = %id)).await;
                 state.set_active(None);
                 match res {
                     Ok(()) => {}
@@ -132,6 +132,9 @@ impl Driver {
             Err(e) => warn!(job = %self.rec.id, error = %e, "could not open the output root"),
         }
         self.finish_phase();
+        crate::metrics::JOBS_ENDED
+            .with_label_values(&[end.0.name()])
+            .inc();
         self.rec.phase = end.0;
         self.rec.error = end.1;
         self.save().await
@@ -146,7 +149,9 @@ impl Driver {
                     self.enter(Phase::Train).await?;
                 }
                 Phase::Train => {
-                    self.train().await?;
+                    self.train()
+                        .instrument(info_span!("phase", phase = "train"))
+                        .await?;
                     self.enter(Phase::Embed).await?;
                 }
                 Phase::Embed
@@ -155,14 +160,23 @@ impl Driver {
                 | Phase::Assign
                 | Phase::Analyze
                 | Phase::Commit => {
-                    let clusters = crate::clustering::run(self).await?;
+                    let clusters = crate::clustering::run(self)
+                        .instrument(info_span!("phase", phase = "clustering"))
+                        .await?;
                     self.enter(Phase::Analyze).await?;
-                    let staged = crate::analyze::run(self, &clusters).await?;
+                    let staged = crate::analyze::run(self, &clusters)
+                        .instrument(info_span!("phase", phase = "analyze"))
+                        .await?;
                     self.enter(Phase::Commit).await?;
-                    let summary = crate::commit::commit(self, &clusters, staged).await?;
+                    let summary = crate::commit::commit(self, &clusters, staged)
+                        .instrument(info_span!("phase", phase = "commit"))
+                        .await?;
                     self.state.release_everywhere(&self.rec.id, &self.wire_spec);
                     self.state.drop_centroids(&self.rec.id);
                     self.enter(Phase::Succeeded).await?;
+                    crate::metrics::JOBS_ENDED
+                        .with_label_values(&[Phase::Succeeded.name()])
+                        .inc();
                     self.rec.message = summary;
                     self.rec.phase_progress = 1.0;
                     self.save().await?;
@@ -176,9 +190,13 @@ impl Driver {
 
     fn finish_phase(&mut self) {
         if !self.rec.phase.is_terminal() {
+            let seconds = self.phase_started.elapsed().as_secs_f64();
+            crate::metrics::PHASE_SECONDS
+                .with_label_values(&[self.rec.phase.name()])
+                .observe(seconds);
             self.rec.phase_times.push(PhaseTime {
                 phase: self.rec.phase,
-                seconds: self.phase_started.elapsed().as_secs_f64(),
+                seconds,
             });
         }
         self.phase_started = Instant::now();
@@ -388,6 +406,7 @@ impl Driver {
                 }
                 Err(e) if e.is_retryable() && attempt < retries => {
                     attempt += 1;
+                    crate::metrics::ROUND_RETRIES.inc();
                     warn!(job = %self.rec.id, error = %e, attempt, "training group failed; forming it again");
                     self.rec.message =
                         format!("re-forming the training group (attempt {attempt}): {e}");

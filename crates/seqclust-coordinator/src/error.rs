@@ -58,6 +58,10 @@ pub enum Error {
     /// The coordinator is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// This coordinator's leadership lease ended (etcd unreachable or the lease expired):
+    /// it stopped driving jobs so that the new leader is the only one.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(String),
 }
 
 impl Error {

@@ -288,11 +288,17 @@ impl WorkerService for WorkerApi {
             Status::not_found(format!("worker {id} is not registered (lease expired?)"))
         })?;
         if let Err(e) = st.meta.keep_alive(lease).await {
+            crate::metrics::LEASE_RENEWALS
+                .with_label_values(&["failed"])
+                .inc();
             st.worker_lost(&id, "its lease could not be renewed").await;
             return Err(Status::not_found(format!(
                 "worker {id}'s lease is gone: {e}"
             )));
         }
+        crate::metrics::LEASE_RENEWALS
+            .with_label_values(&["ok"])
+            .inc();
         Ok(Response::new(v1::HeartbeatResponse {
             membership_epoch: st.epoch(),
         }))

@@ -7,6 +7,7 @@ pub mod config;
 mod driver;
 pub mod error;
 mod grpc;
+pub mod metrics;
 pub mod shards;
 mod state;
 
@@ -22,6 +23,7 @@ use seqclust_meta::{MetaStore, WatchEvent};
 use seqclust_proto::MAX_MESSAGE_BYTES;
 use seqclust_proto::v1::job_service_server::JobServiceServer;
 use seqclust_proto::v1::worker_service_server::WorkerServiceServer;
+use seqclust_telemetry::{GrpcMetricsLayer, Health};
 
 pub use config::CoordinatorConfig;
 pub use error::{Error, Result};
@@ -84,6 +86,8 @@ pub async fn start(
     let mut stop = shutdown.clone();
     let server = tokio::spawn(async move {
         let res = Server::builder()
+            .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+            .layer(GrpcMetricsLayer)
             .add_service(jobs)
             .add_service(workers)
             // without TCP_NODELAY, small RPCs wait on delayed ACKs (≈40 ms each)
@@ -133,4 +137,81 @@ async fn watch_leases(state: Arc<state::State>, mut shutdown: watch::Receiver<bo
         }
     });
     Ok(())
+}
+
+/// The election coordinator replicas campaign in (a key under the metadata store's prefix).
+pub const ELECTION: &str = "coordinator";
+
+/// Runs the coordinator as one of several replicas sharing `meta` (two pods of a Deployment):
+/// campaigns for the leadership of [`ELECTION`] on a lease of `cfg.lease_ttl`, and only the
+/// leader binds `cfg.listen` and drives jobs, carrying on from the persisted job records.
+/// `health` says not-ready while it waits (so a Kubernetes Service routes to the leader only)
+/// and ready once it leads.
+///
+/// Returns `Ok` when `shutdown` turns true (resigning, so a standby takes over at once), or
+/// [`Error::LeadershipLost`] when the lease could not be kept (etcd unreachable for about the
+/// TTL): the coordinator has then stopped, and the process should exit so that it comes back
+/// as a standby.
+pub async fn lead(
+    cfg: CoordinatorConfig,
+    meta: Arc<dyn MetaStore>,
+    candidate: &str,
+    health: Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    cfg.validate()?;
+    metrics::LEADER.set(0);
+    let lease = meta.grant_lease(cfg.lease_ttl).await?;
+    let (keep_stop, keep_rx) = watch::channel(false);
+    let mut keep = seqclust_meta::spawn_keep_alive(meta.clone(), lease, cfg.lease_ttl / 3, keep_rx);
+    let leader = meta.leader(ELECTION).await?.unwrap_or_default();
+    health.set_not_ready(&format!("standby, waiting to lead (leader: {leader:?})"));
+    info!(candidate, leader = %leader, "campaigning for leadership");
+    let key = tokio::select! {
+        k = meta.campaign(ELECTION, candidate, lease) => k?,
+        r = &mut keep => return Err(lost(r)),
+        _ = stopped(&mut shutdown) => {
+            let _ = keep_stop.send(true);
+            let _ = meta.revoke_lease(lease).await;
+            return Ok(());
+        }
+    };
+    info!(candidate, "elected leader");
+    let (inner_stop, inner_rx) = watch::channel(false);
+    let running = match start(cfg, meta.clone(), inner_rx).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = meta.resign(&key).await;
+            let _ = keep_stop.send(true);
+            let _ = meta.revoke_lease(lease).await;
+            return Err(e);
+        }
+    };
+    metrics::LEADER.set(1);
+    health.set_ready();
+    let outcome = tokio::select! {
+        r = &mut keep => Err(lost(r)),
+        _ = stopped(&mut shutdown) => Ok(()),
+    };
+    health.set_not_ready("stopping");
+    metrics::LEADER.set(0);
+    let _ = inner_stop.send(true);
+    running.join().await;
+    if outcome.is_ok() {
+        let _ = meta.resign(&key).await;
+        let _ = keep_stop.send(true);
+        let _ = meta.revoke_lease(lease).await;
+        info!(candidate, "resigned");
+    } else {
+        warn!(candidate, "leadership lost; stopped");
+    }
+    outcome
+}
+
+fn lost(r: std::result::Result<seqclust_meta::Result<()>, tokio::task::JoinError>) -> Error {
+    Error::LeadershipLost(match r {
+        Ok(Ok(())) => "the lease renewal stopped".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the lease renewal task failed: {e}"),
+    })
 }

@@ -66,6 +66,8 @@ pub(crate) struct State {
     centroids: Mutex<HashMap<String, CentroidVersion>>,
     cancelled: Mutex<HashSet<String>>,
     progress: Mutex<HashMap<String, (f64, String)>>,
+    /// Every known job's phase, for the `seqclust_jobs` gauge.
+    job_phases: Mutex<HashMap<String, seqclust_job::Phase>>,
     /// The job the driver is running.
     active: Mutex<Option<String>>,
     /// Ids of jobs whose record changed.
@@ -110,6 +112,7 @@ impl State {
             centroids: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
             progress: Mutex::new(HashMap::new()),
+            job_phases: Mutex::new(HashMap::new()),
             active: Mutex::new(None),
             job_events,
             wake: Notify::new(),
@@ -163,6 +166,7 @@ impl State {
             },
         );
         self.membership_epoch.fetch_add(1, Ordering::SeqCst);
+        self.count_workers();
         info!(worker = %id, "worker registered");
         self.wake.notify_waiters();
         Ok(id)
@@ -183,13 +187,34 @@ impl State {
 
     /// Attaches the worker's control stream; false if the worker is unknown.
     pub fn attach_control(&self, id: &str, tx: ControlTx) -> bool {
-        match lock(&self.workers).get_mut(id) {
+        let mut workers = lock(&self.workers);
+        match workers.get_mut(id) {
             Some(w) => {
                 w.control = Some(tx);
+                drop(workers);
+                self.count_workers();
                 true
             }
             None => false,
         }
+    }
+
+    /// Sets the worker gauges.
+    pub fn count_workers(&self) {
+        let (registered, ready) = {
+            let ws = lock(&self.workers);
+            let ready = ws
+                .values()
+                .filter(|w| w.control.as_ref().is_some_and(|c| !c.is_closed()))
+                .count();
+            (ws.len(), ready)
+        };
+        crate::metrics::WORKERS
+            .with_label_values(&["registered"])
+            .set(registered as i64);
+        crate::metrics::WORKERS
+            .with_label_values(&["ready"])
+            .set(ready as i64);
     }
 
     /// Removes a worker (lease expired, stream closed) and fails its tasks as retryable.
@@ -197,6 +222,7 @@ impl State {
         let entry = lock(&self.workers).remove(id);
         let Some(entry) = entry else { return };
         self.membership_epoch.fetch_add(1, Ordering::SeqCst);
+        self.count_workers();
         let _ = self.meta.revoke_lease(entry.lease).await;
         let lost: Vec<(String, oneshot::Sender<TaskDone>)> = {
             let mut tasks = lock(&self.tasks);
@@ -206,6 +232,9 @@ impl State {
                 .filter_map(|(tid, t)| t.done.take().map(|d| (tid.clone(), d)))
                 .collect()
         };
+        crate::metrics::WORKERS_GONE
+            .with_label_values(&[if lost.is_empty() { "left" } else { "lost" }])
+            .inc();
         if lost.is_empty() {
             info!(worker = %id, name = %entry.name, why, "worker left");
         } else {
@@ -333,6 +362,7 @@ impl State {
 
     /// Keeps a task's pushed payload until its result arrives.
     pub fn store_payload(&self, task_id: &str, payload: Vec<u8>) {
+        crate::metrics::PAYLOAD_BYTES.inc_by(payload.len() as u64);
         if let Some(t) = lock(&self.tasks).get_mut(task_id) {
             t.payload = Some(payload);
         }
@@ -391,6 +421,11 @@ impl State {
         self.meta
             .put(&format!("{JOBS}{}", rec.id), bytes, None)
             .await?;
+        {
+            let mut phases = lock(&self.job_phases);
+            crate::metrics::note_job(&mut phases, rec);
+            crate::metrics::set_jobs(&phases);
+        }
         let _ = self.job_events.send(rec.id.clone());
         Ok(())
     }
@@ -402,6 +437,14 @@ impl State {
                 Ok(r) => out.push(r),
                 Err(e) => warn!(key = %kv.key, error = %e, "skipping a corrupt job record"),
             }
+        }
+        {
+            let mut phases = lock(&self.job_phases);
+            phases.clear();
+            for r in &out {
+                crate::metrics::note_job(&mut phases, r);
+            }
+            crate::metrics::set_jobs(&phases);
         }
         Ok(out)
     }

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod record;
+pub mod secs;
 pub mod spec;
 
 pub use error::{Error, Result};

@@ -130,7 +130,7 @@ async fn metrics(State(s): State<Arc<Server>>) -> Response {
 pub(crate) async fn start(
     addr: SocketAddr,
     server: Arc<Server>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/v1/embed", post(embed))
@@ -140,25 +140,10 @@ pub(crate) async fn start(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(server);
-    let listener = tokio::net::TcpListener::bind(addr)
+    seqclust_telemetry::admin::serve_router(&addr.to_string(), app, shutdown)
         .await
         .map_err(|source| Error::Bind {
             addr: addr.to_string(),
             source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
-    let h = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "HTTP server stopped");
-        }
-    });
-    Ok((bound, h))
+        })
 }

@@ -65,6 +65,9 @@ pub trait Observer {
     fn cancelled(&self) -> bool {
         false
     }
+    /// Every optimiser step (not only logged ones): its wall time, including the gradient
+    /// exchange, and the sequences of this rank's share of the batch (metrics).
+    fn step_done(&self, _seconds: f64, _sequences: usize) {}
 }
 
 /// What a training run produced.
@@ -269,6 +272,7 @@ pub fn train_with(
                     return Err(Error::Cancelled);
                 }
                 let ts = Instant::now();
+                let _span = tracing::debug_span!("step", step = state.step + 1).entered();
                 let mine = &batch[shard_of(batch.len(), rank, world)];
                 let inputs: Vec<SeqInput<'_>> = mine.iter().map(Owned::input).collect();
                 let cx = StepCtx {
@@ -286,7 +290,9 @@ pub fn train_with(
                 state.step += 1;
                 state.epoch = epoch;
                 state.batches_in_epoch = batch_no;
-                train_seconds += ts.elapsed().as_secs_f64();
+                let took = ts.elapsed().as_secs_f64();
+                obs.step_done(took, shard_of(batch.len(), rank, world).len());
+                train_seconds += took;
                 train_seqs += batch.len();
                 window.1 += batch.len();
                 if state.step.is_multiple_of(tc.log_every) {

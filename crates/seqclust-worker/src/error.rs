@@ -11,6 +11,14 @@ pub enum Error {
         /// Its status.
         status: Box<tonic::Status>,
     },
+    /// A setting has a bad value.
+    #[error("invalid config field {field}: {message}")]
+    Config {
+        /// The field (`worker.coordinator`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The coordinator's address is not a valid endpoint.
     #[error("invalid coordinator address {addr}")]
     Endpoint {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod error;
+mod metrics;
 mod select;
 mod tasks;
 
@@ -8,6 +9,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -20,8 +22,9 @@ use seqclust_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use error::{Error, Result};
 use tasks::{Ctx, WorkerState};
 
-/// Settings of a worker.
-#[derive(Debug, Clone)]
+/// Settings of a worker (the `[worker]` table of the service config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     /// The coordinator's gRPC address (`http://host:port`).
     pub coordinator: String,
@@ -31,16 +34,69 @@ pub struct WorkerConfig {
     pub collective_bind: String,
     /// The host peers reach this worker at (default: the bound address's IP).
     pub advertise_host: Option<String>,
-    /// Compute threads (reported to the coordinator).
+    /// Compute threads (reported to the coordinator); 0: every core.
     pub threads: usize,
     /// Deadline of every collective call: a silent peer fails it after this long.
+    #[serde(with = "seqclust_job::secs")]
     pub collective_timeout: Duration,
     /// How long to keep trying to reach the coordinator before giving up (0: forever).
+    #[serde(with = "seqclust_job::secs")]
     pub connect_timeout: Duration,
     /// The collective backend: "ring" (CPU) or "nccl" (needs the nccl feature and a GPU).
     pub collective: String,
     /// The GPU ordinal an NCCL group uses.
     pub gpu: usize,
+}
+
+impl WorkerConfig {
+    /// Checks the settings; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let field = |field: &str, message: String| Error::Config {
+            field: field.to_string(),
+            message,
+        };
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(field(
+                "worker.coordinator",
+                format!("{:?} is not an http(s) URL", self.coordinator),
+            ));
+        }
+        if !is_host_port(&self.collective_bind) {
+            return Err(field(
+                "worker.collective_bind",
+                format!("{:?} is not host:port", self.collective_bind),
+            ));
+        }
+        if self.collective_timeout < Duration::from_millis(100) {
+            return Err(field(
+                "worker.collective_timeout",
+                "must be at least 0.1 s".into(),
+            ));
+        }
+        if !matches!(self.collective.as_str(), "ring" | "nccl") {
+            return Err(field(
+                "worker.collective",
+                format!("{:?} (ring or nccl)", self.collective),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `threads`, with 0 read as every core.
+pub fn effective_threads(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `host:port` with a numeric port (the host is resolved later, when binding).
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 impl Default for WorkerConfig {
@@ -50,7 +106,7 @@ impl Default for WorkerConfig {
             name: "worker".into(),
             collective_bind: "127.0.0.1:0".into(),
             advertise_host: None,
-            threads: 1,
+            threads: 0,
             collective_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
             collective: "ring".into(),
@@ -135,7 +191,7 @@ async fn session(
             protocol_version: PROTOCOL_VERSION,
             name: cfg.name.clone(),
             collective_addr: collective_addr.to_string(),
-            threads: cfg.threads as u32,
+            threads: effective_threads(cfg.threads) as u32,
             code_version: env!("CARGO_PKG_VERSION").into(),
             collective: cfg.collective.clone(),
         })
@@ -144,6 +200,7 @@ async fn session(
         .into_inner();
     let worker_id = reg.worker_id.clone();
     info!(worker = %worker_id, collective = collective_addr, "registered");
+    metrics::REGISTERED.set(1);
     let mut stream = client
         .control(v1::ControlRequest {
             worker_id: worker_id.clone(),
@@ -165,7 +222,11 @@ async fn session(
             let req = v1::HeartbeatRequest {
                 worker_id: hb_id.clone(),
             };
-            if let Err(s) = hb_client.heartbeat(req).await {
+            let res = hb_client.heartbeat(req).await;
+            metrics::HEARTBEATS
+                .with_label_values(&[if res.is_ok() { "ok" } else { "failed" }])
+                .inc();
+            if let Err(s) = res {
                 warn!(error = %s, "heartbeat failed");
                 if s.code() == tonic::Code::NotFound {
                     return;
@@ -186,7 +247,30 @@ async fn session(
         while let Some(task) = task_rx.recv().await {
             let (st, cx2) = (exec_state.clone(), cx.clone());
             let t = task.clone();
-            let out = tokio::task::spawn_blocking(move || st.run(&cx2, &t)).await;
+            let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+            let kind = kind
+                .as_str_name()
+                .trim_start_matches("TASK_KIND_")
+                .to_ascii_lowercase();
+            let span = tracing::info_span!(
+                "task",
+                kind = %kind,
+                job = %task.job_id,
+                task = %task.task_id,
+                rank = task.rank
+            );
+            let started = std::time::Instant::now();
+            let out = tokio::task::spawn_blocking(move || span.in_scope(|| st.run(&cx2, &t))).await;
+            metrics::TASK_SECONDS
+                .with_label_values(&[&kind])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = match &out {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(Error::Cancelled)) => "cancelled",
+                Ok(Err(e)) if e.is_retryable() => "retryable",
+                _ => "failed",
+            };
+            metrics::TASKS.with_label_values(&[&kind, outcome]).inc();
             let mut result = v1::TaskResult {
                 worker_id: cx.worker_id.clone(),
                 task_id: task.task_id.clone(),
@@ -198,6 +282,11 @@ async fn session(
                     result.ok = true;
                     result.users = o.users;
                     result.summary_json = o.summary.to_string();
+                }
+                Ok(Err(_)) if exec_state.is_stopping() => {
+                    info!(task = %task.task_id, "task stopped: this worker is shutting down");
+                    result.error = format!("worker {} is shutting down", cx.worker_id);
+                    result.retryable = true;
                 }
                 Ok(Err(e)) => {
                     warn!(task = %task.task_id, error = %format!("{e:#}"), "task failed");
@@ -230,10 +319,16 @@ async fn session(
                 Ok(None) => break Ok(()),
                 Err(s) => break Err(Error::rpc("Control", s)),
             },
-            _ = shutdown.changed() => break Ok(()),
+            _ = shutdown.changed() => {
+                // graceful leave: the running task ends at its next step and is handed back
+                state.stop();
+                info!(worker = %worker_id, "shutting down: stopping the running task at its next step");
+                break Ok(());
+            }
         }
     };
     let _ = hb_stop.send(true);
+    metrics::REGISTERED.set(0);
     drop(task_tx);
     let _ = heartbeat.await;
     let _ = executor.await;

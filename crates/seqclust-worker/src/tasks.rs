@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use seqclust_proto::{Sample, chunk_offsets, f32s};
 use seqclust_trainer::{EvalLog, Observer, StepLog, embed, load_model, open_dataset, train_with};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metered;
 use crate::select::unit;
 
 /// The vectors of one dataset shard.
@@ -51,6 +53,7 @@ pub(crate) struct WorkerState {
     pub gpu: usize,
     jobs: Mutex<HashMap<String, Arc<Mutex<JobData>>>>,
     cancelled: Mutex<HashSet<String>>,
+    stopping: AtomicBool,
 }
 
 /// What a finished task reports.
@@ -80,7 +83,20 @@ impl WorkerState {
             gpu,
             jobs: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// The process is shutting down (SIGTERM): the running task stops at its next step
+    /// (training: the next optimiser step; the last checkpoint stays) and is reported as
+    /// retryable, so the coordinator runs the round again without this worker.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Self::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     fn job(&self, id: &str) -> Arc<Mutex<JobData>> {
@@ -96,7 +112,7 @@ impl WorkerState {
     }
 
     fn is_cancelled(&self, id: &str) -> bool {
-        lock(&self.cancelled).contains(id)
+        self.is_stopping() || lock(&self.cancelled).contains(id)
     }
 
     /// Carries out one task (blocking: call from a blocking thread).
@@ -136,7 +152,7 @@ impl WorkerState {
         let report = if !task.nccl_id.is_empty() {
             train_nccl(task, self.gpu, &job, run, cx, &obs)?
         } else if task.peers.len() <= 1 {
-            train_with(&job, run, &cx.rt, &obs, &mut Local)?
+            train_with(&job, run, &cx.rt, &obs, &mut Metered(&mut Local))?
         } else {
             let addrs = task
                 .peers
@@ -157,7 +173,7 @@ impl WorkerState {
                     ..RingConfig::default()
                 },
             )?;
-            train_with(&job, run, &cx.rt, &obs, &mut ring)?
+            train_with(&job, run, &cx.rt, &obs, &mut Metered(&mut ring))?
         };
         // a model trained again must be loaded again
         lock(&self.job(&task.job_id)).model = None;
@@ -209,6 +225,9 @@ impl WorkerState {
             let batch = cx.rt.block_on(ds.read_shard(s as usize))?;
             let users = seqclust_trainer::examples::users(&batch);
             let vectors = embed(&model, &users, 512)?;
+            crate::metrics::USERS
+                .with_label_values(&["embed"])
+                .inc_by(users.len() as u64);
             jd.shards.insert(
                 s,
                 ShardVectors {
@@ -309,6 +328,9 @@ impl WorkerState {
                 inertia += f64::from(a.distance);
             }
             users += asg.len() as u64;
+            crate::metrics::USERS
+                .with_label_values(&["assign"])
+                .inc_by(asg.len() as u64);
             let cols = AssignmentColumns {
                 ids: Some(v.users.clone()),
                 cluster: asg.iter().map(|a| a.cluster).collect(),
@@ -363,7 +385,7 @@ fn train_nccl(
     let id = seqclust_collective::NcclId::from_bytes(&task.nccl_id)?;
     let mut nccl =
         seqclust_collective::Nccl::connect(task.rank as usize, task.peers.len(), &id, gpu)?;
-    Ok(train_with(job, run, &cx.rt, obs, &mut nccl)?)
+    Ok(train_with(job, run, &cx.rt, obs, &mut Metered(&mut nccl))?)
 }
 
 #[cfg(not(feature = "nccl"))]
@@ -491,7 +513,20 @@ struct Progress<'a> {
 }
 
 impl Observer for Progress<'_> {
+    fn step_done(&self, seconds: f64, sequences: usize) {
+        crate::metrics::TRAIN_STEPS.inc();
+        crate::metrics::STEP_SECONDS.observe(seconds);
+        crate::metrics::TRAIN_SEQUENCES.inc_by(sequences as u64);
+    }
+
     fn step(&self, l: &StepLog) {
+        let g = &crate::metrics::TRAIN_GAUGES;
+        g.with_label_values(&["loss"]).set(f64::from(l.loss));
+        g.with_label_values(&["sequences_per_second"])
+            .set(l.seq_per_s);
+        g.with_label_values(&["grad_norm"])
+            .set(f64::from(l.grad_norm));
+        g.with_label_values(&["lr"]).set(f64::from(l.lr));
         if self.report {
             let t = v1::Task {
                 task_id: self.task_id.clone(),
