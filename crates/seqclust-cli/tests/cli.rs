@@ -396,3 +396,86 @@ fn bench_kmeans_smoke() {
     assert_eq!(lines[0]["script"], "kmeans_rust");
     assert!(lines[1]["results"][0]["ari"].as_f64().unwrap() > 0.5);
 }
+
+/// The ```toml blocks of a Markdown file.
+fn toml_blocks(md: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(md).unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l.starts_with("```toml") => cur = Some(String::new()),
+            (Some(b), l) if l.starts_with("```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_config_snippet_in_the_operator_docs_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut services, mut jobs) = (0, 0);
+    for doc in [
+        "docs/OPERATIONS.md",
+        "docs/DEPLOY.md",
+        "crates/seqclust-telemetry/README.md",
+    ] {
+        for (i, block) in toml_blocks(&root.join(doc)).iter().enumerate() {
+            if block.lines().any(|l| l.starts_with("name =")) {
+                seqclust_job::JobSpec::from_toml_str(block)
+                    .unwrap_or_else(|e| panic!("{doc}, job spec block {i}: {e}"));
+                jobs += 1;
+            } else {
+                let f = dir.path().join(format!("block-{services}.toml"));
+                std::fs::write(&f, block).unwrap();
+                let o = seqclust(&["config", "check", f.to_str().unwrap()], dir.path());
+                assert!(
+                    o.status.success(),
+                    "{doc}, service config block {i}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                services += 1;
+            }
+        }
+    }
+    assert!(
+        services >= 2 && jobs >= 1,
+        "{services} service configs, {jobs} job specs"
+    );
+}
+
+#[test]
+fn config_check_names_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "[worker]\ncollective = \"mpi\"\n").unwrap();
+    let o = seqclust(&["config", "check", f.to_str().unwrap()], dir.path());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("worker.collective"),
+        "{err}"
+    );
+    std::fs::write(&f, "[telemetry]\ncolour = true\n").unwrap();
+    let err = String::from_utf8_lossy(
+        &seqclust(&["config", "check", f.to_str().unwrap()], dir.path()).stderr,
+    )
+    .into_owned();
+    assert!(err.contains("bad.toml") && err.contains("colour"), "{err}");
+    // the defaults print as a file that checks
+    let defaults = ok(&seqclust(&["config", "defaults"], dir.path()));
+    std::fs::write(&f, defaults).unwrap();
+    ok(&seqclust(
+        &["config", "check", f.to_str().unwrap()],
+        dir.path(),
+    ));
+}
