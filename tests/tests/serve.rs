@@ -113,6 +113,7 @@ fn a_published_run_is_analysed_readable_and_served() {
                 http: Some("127.0.0.1:0".parse().unwrap()),
                 poll: Duration::from_millis(100),
                 batch: BatchConfig::default(),
+                tls: None,
             },
             stop,
         ))

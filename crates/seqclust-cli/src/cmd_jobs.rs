@@ -9,28 +9,64 @@ use tonic::transport::Channel;
 
 use seqclust_job::{JobSpec, Phase};
 use seqclust_proto::convert::phase_of;
+use seqclust_proto::security::{AuthConfig, BearerToken, TlsConfig};
 use seqclust_proto::v1;
 use seqclust_proto::v1::job_service_client::JobServiceClient;
+use tonic::service::interceptor::InterceptedService;
 
-/// Where the coordinator is.
+/// Where the coordinator is, and how to talk to it.
 #[derive(Debug, Args, Clone)]
 pub struct CoordinatorAddr {
-    /// The coordinator (`http://host:7070`).
+    /// The coordinator (`http://host:7070`, or `https://…` with --ca).
     #[arg(
         long,
         env = "SEQCLUST_COORDINATOR",
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// CA certificate (PEM) that signed the coordinator's TLS certificate.
+    #[arg(long, env = "SEQCLUST_CA")]
+    ca: Option<PathBuf>,
+    /// The name in the coordinator's certificate, when it is not the URL's host.
+    #[arg(long, env = "SEQCLUST_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+    /// File whose first line is the bearer token (the coordinator's `[auth] tokens_file`).
+    #[arg(long, env = "SEQCLUST_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
-pub async fn connect(addr: &str) -> Result<JobServiceClient<Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("invalid coordinator address {addr:?}"))?
+/// The job API with the caller's token on every call.
+pub type JobClient = JobServiceClient<InterceptedService<Channel, BearerToken>>;
+
+impl CoordinatorAddr {
+    /// A plain local address (the embedded `seqclust run`).
+    pub fn plain(url: String) -> CoordinatorAddr {
+        CoordinatorAddr {
+            coordinator: url,
+            ca: None,
+            tls_domain: None,
+            token_file: None,
+        }
+    }
+}
+
+pub async fn connect(a: &CoordinatorAddr) -> Result<JobClient> {
+    let addr = &a.coordinator;
+    let tls = TlsConfig {
+        ca: a.ca.clone(),
+        domain: a.tls_domain.clone().unwrap_or_default(),
+        ..TlsConfig::default()
+    };
+    let auth = AuthConfig {
+        tokens_file: a.token_file.clone(),
+    };
+    let token = BearerToken::new(auth.own_token()?.as_deref())?;
+    let ch = tls
+        .endpoint(addr)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {addr}"))?;
-    Ok(JobServiceClient::new(ch))
+    Ok(JobServiceClient::with_interceptor(ch, token))
 }
 
 /// Submit a job (TOML job spec) to the coordinator.
@@ -53,7 +89,7 @@ pub fn run_submit(a: SubmitArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     spec.validate()
         .with_context(|| format!("invalid job spec {}", a.spec.display()))?;
     rt.block_on(async {
-        let mut client = connect(&a.addr.coordinator).await?;
+        let mut client = connect(&a.addr).await?;
         let job = submit(&mut client, &spec, a.idempotency_key).await?;
         println!("{}", job.id);
         if a.watch {
@@ -65,7 +101,7 @@ pub fn run_submit(a: SubmitArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
 
 /// Submits; the coordinator's refusal (bad field, unknown dataset) is the error.
 pub async fn submit(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobClient,
     spec: &JobSpec,
     key: Option<String>,
 ) -> Result<v1::Job> {
@@ -97,7 +133,7 @@ pub struct StatusArgs {
 
 pub fn run_status(a: StatusArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     rt.block_on(async {
-        let mut client = connect(&a.addr.coordinator).await?;
+        let mut client = connect(&a.addr).await?;
         match a.job {
             None => {
                 let jobs = client
@@ -156,7 +192,7 @@ pub struct CancelArgs {
 
 pub fn run_cancel(a: CancelArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     rt.block_on(async {
-        let mut client = connect(&a.addr.coordinator).await?;
+        let mut client = connect(&a.addr).await?;
         let j = client
             .cancel_job(v1::CancelJobRequest { id: a.job })
             .await
@@ -218,7 +254,7 @@ pub fn print_job(j: &v1::Job) {
 }
 
 /// Prints the job's phases and progress as they change; fails if the job does not succeed.
-pub async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<v1::Job> {
+pub async fn follow(client: &mut JobClient, id: &str) -> Result<v1::Job> {
     let t0 = Instant::now();
     let mut stream = client
         .watch_job(v1::WatchJobRequest { id: id.to_string() })

@@ -112,7 +112,7 @@ pub fn run(a: RunArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         logs.display()
     );
     let outcome = rt.block_on(async {
-        let mut client = cmd_jobs::connect(&url).await?;
+        let mut client = cmd_jobs::connect(&cmd_jobs::CoordinatorAddr::plain(url.clone())).await?;
         let job = cmd_jobs::submit(&mut client, &spec, None).await?;
         println!("job {}", job.id);
         cmd_jobs::follow(&mut client, &job.id).await

@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// Batcher threads (default: half the CPUs).
     #[arg(long)]
     batchers: Option<usize>,
+    /// TLS certificate (PEM) of the gRPC listener.
+    #[arg(long, env = "SEQCLUST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SEQCLUST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: ServeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -64,6 +70,12 @@ pub fn run(a: ServeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         http,
         poll: Duration::from_secs_f64(a.poll_s),
         batch,
+        tls: seqclust_proto::security::TlsConfig {
+            cert: a.tls_cert,
+            key: a.tls_key,
+            ..Default::default()
+        }
+        .server()?,
     };
     let shutdown = crate::cmd_service::shutdown_on_signals(rt);
     rt.block_on(async {

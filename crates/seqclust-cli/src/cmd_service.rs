@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use seqclust_coordinator::CoordinatorConfig;
 use seqclust_meta::{EtcdConfig, EtcdStore, MemoryStore, MetaStore};
+use seqclust_proto::security::{AuthConfig, BearerToken, TlsConfig};
 use seqclust_telemetry::{Health, TelemetryConfig};
 use seqclust_worker::WorkerConfig;
 
@@ -28,6 +29,11 @@ pub struct ServiceConfig {
     pub worker: WorkerConfig,
     /// Logging, metrics endpoint, trace export.
     pub telemetry: TelemetryConfig,
+    /// TLS of the coordinator's listener: its certificate and key, and with
+    /// `require_client_cert` the CA of the workers' certificates (workers: `[worker.tls]`).
+    pub tls: TlsConfig,
+    /// Bearer tokens (coordinator: those it accepts; workers: the one they send).
+    pub auth: AuthConfig,
 }
 
 /// Which metadata store.
@@ -69,6 +75,7 @@ impl ServiceConfig {
         self.coordinator.validate()?;
         self.worker.validate()?;
         self.telemetry.validate()?;
+        self.tls.validate()?;
         match self.meta.store.as_str() {
             "memory" => {}
             "etcd" => {
@@ -244,13 +251,21 @@ pub fn run_coordinator(a: CoordinatorArgs, json: bool, rt: &tokio::runtime::Runt
     rt.block_on(async move {
         let health = Health::not_ready("starting");
         let _admin = admin(&cfg.telemetry, health.clone(), shutdown.clone()).await?;
+        let security = seqclust_coordinator::Security::from_config(&cfg.tls, &cfg.auth)?;
         let meta = open_meta(&cfg.meta).await?;
         eprintln!(
             "coordinator {candidate}: campaigning for leadership (metadata: {}), then listening on {}",
             cfg.meta.store, cfg.coordinator.listen
         );
-        seqclust_coordinator::lead(cfg.coordinator.clone(), meta, &candidate, health, shutdown)
-            .await?;
+        seqclust_coordinator::lead(
+            cfg.coordinator.clone(),
+            meta,
+            security,
+            &candidate,
+            health,
+            shutdown,
+        )
+        .await?;
         Ok(())
     })
 }
@@ -343,7 +358,8 @@ impl WorkerArgs {
 }
 
 pub fn run_worker(a: WorkerArgs, json: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let cfg = a.resolve()?;
+    let mut cfg = a.resolve()?;
+    cfg.worker.token = BearerToken::new(cfg.auth.own_token()?.as_deref())?;
     let _log = init_logging(&cfg.telemetry, json)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.worker.threads.max(1))

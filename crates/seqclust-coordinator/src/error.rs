@@ -21,6 +21,9 @@ pub enum Error {
     /// A job spec is invalid.
     #[error(transparent)]
     Spec(#[from] seqclust_job::Error),
+    /// The TLS or token settings are unusable.
+    #[error(transparent)]
+    Security(#[from] seqclust_proto::security::SecurityError),
     /// The gRPC listener could not be bound or served.
     #[error("failed to serve on {addr}")]
     Serve {

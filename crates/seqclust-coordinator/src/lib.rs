@@ -21,9 +21,12 @@ use tracing::{info, warn};
 
 use seqclust_meta::{MetaStore, WatchEvent};
 use seqclust_proto::MAX_MESSAGE_BYTES;
+use seqclust_proto::security::{AuthConfig, Guard, TlsConfig, Tokens};
 use seqclust_proto::v1::job_service_server::JobServiceServer;
 use seqclust_proto::v1::worker_service_server::WorkerServiceServer;
 use seqclust_telemetry::{GrpcMetricsLayer, Health};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 
 pub use config::CoordinatorConfig;
 pub use error::{Error, Result};
@@ -46,15 +49,55 @@ impl Running {
     }
 }
 
-/// Starts the coordinator: binds `cfg.listen`, serves `JobService` and `WorkerService`,
-/// watches worker leases and drives the jobs persisted in `meta`, until `shutdown` turns
-/// true. A job a previous coordinator left unfinished is carried on.
+/// How the coordinator's gRPC port is secured (the `[tls]` and `[auth]` tables).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS on the listener; `None`: plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Mutual TLS: WorkerService calls need a client certificate that `tls.ca` signed.
+    pub require_client_cert: bool,
+    /// Bearer tokens both services accept; empty: no token needed.
+    pub tokens: Tokens,
+}
+
+impl Security {
+    /// From the service config's tables (reads the certificate, key, CA and token files).
+    pub fn from_config(tls: &TlsConfig, auth: &AuthConfig) -> Result<Security> {
+        Ok(Security {
+            tls: tls.server()?,
+            require_client_cert: tls.require_client_cert,
+            tokens: auth.tokens()?,
+        })
+    }
+}
+
+/// Starts the coordinator without TLS or authentication (the embedded `seqclust run`,
+/// tests): [`start_with`] and `Security::default()`.
 pub async fn start(
     cfg: CoordinatorConfig,
     meta: Arc<dyn MetaStore>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running> {
+    start_with(cfg, meta, Security::default(), shutdown).await
+}
+
+/// Starts the coordinator: binds `cfg.listen`, serves `JobService` and `WorkerService`
+/// (secured by `security`), watches worker leases and drives the jobs persisted in `meta`,
+/// until `shutdown` turns true. A job a previous coordinator left unfinished is carried on.
+pub async fn start_with(
+    cfg: CoordinatorConfig,
+    meta: Arc<dyn MetaStore>,
+    security: Security,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running> {
     cfg.validate()?;
+    let mut builder = Server::builder();
+    if let Some(tls) = security.tls.clone() {
+        builder = builder.tls_config(tls).map_err(|e| Error::Serve {
+            addr: cfg.listen.clone(),
+            source: Box::new(e),
+        })?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| Error::Serve {
@@ -73,19 +116,33 @@ pub async fn start(
         closing.close_controls();
     });
     watch_leases(state.clone(), shutdown.clone()).await?;
-    let jobs = JobServiceServer::new(grpc::JobApi {
-        state: state.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(grpc::WorkerApi {
-        state: state.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // a call without an accepted token (or, for workers under mutual TLS, without a client
+    // certificate) is refused before any handler runs
+    let jobs = InterceptedService::new(
+        JobServiceServer::new(grpc::JobApi {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        Guard {
+            tokens: security.tokens.clone(),
+            client_cert: false,
+        },
+    );
+    let workers = InterceptedService::new(
+        WorkerServiceServer::new(grpc::WorkerApi {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        Guard {
+            tokens: security.tokens.clone(),
+            client_cert: security.require_client_cert,
+        },
+    );
     let mut stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        let res = Server::builder()
+        let res = builder
             .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
             .layer(GrpcMetricsLayer)
             .add_service(jobs)
@@ -155,6 +212,7 @@ pub const ELECTION: &str = "coordinator";
 pub async fn lead(
     cfg: CoordinatorConfig,
     meta: Arc<dyn MetaStore>,
+    security: Security,
     candidate: &str,
     health: Health,
     mut shutdown: watch::Receiver<bool>,
@@ -178,7 +236,7 @@ pub async fn lead(
     };
     info!(candidate, "elected leader");
     let (inner_stop, inner_rx) = watch::channel(false);
-    let running = match start(cfg, meta.clone(), inner_rx).await {
+    let running = match start_with(cfg, meta.clone(), security, inner_rx).await {
         Ok(r) => r,
         Err(e) => {
             let _ = meta.resign(&key).await;

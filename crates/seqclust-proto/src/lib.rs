@@ -3,6 +3,7 @@
 pub mod chunks;
 pub mod convert;
 pub mod payload;
+pub mod security;
 
 /// The generated messages and services of package `seqclust.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications)]

@@ -32,6 +32,9 @@ pub enum Error {
     /// The server is overloaded or shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {

@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub poll: Duration,
     /// Micro-batching.
     pub batch: BatchConfig,
+    /// TLS on the gRPC listener (`seqclust serve --tls-cert/--tls-key`); `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Shared by the gRPC and HTTP front ends.
@@ -280,13 +282,19 @@ pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<
         source,
     })?;
     let mut stop = shutdown.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cfg.tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
     let svc = InferenceServiceServer::new(Grpc(server.clone()))
         .max_decoding_message_size(seqclust_proto::MAX_MESSAGE_BYTES);
     let grpc = tokio::spawn(async move {
         // small request/response pairs: Nagle's algorithm would hold them for delayed ACKs
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let r = tonic::transport::Server::builder()
+        let r = builder
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;

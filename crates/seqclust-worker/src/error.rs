@@ -19,15 +19,9 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// The coordinator's address is not a valid endpoint.
-    #[error("invalid coordinator address {addr}")]
-    Endpoint {
-        /// The address.
-        addr: String,
-        /// The cause.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The TLS or token settings are unusable.
+    #[error(transparent)]
+    Security(#[from] seqclust_proto::security::SecurityError),
     /// The collective listener could not be bound.
     #[error("failed to bind the collective listener on {addr}")]
     Bind {

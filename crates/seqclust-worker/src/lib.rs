@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
+
+use seqclust_proto::security::{BearerToken, TlsConfig};
 use tracing::{info, warn};
 
 use seqclust_proto::convert::error_chain;
@@ -46,6 +48,12 @@ pub struct WorkerConfig {
     pub collective: String,
     /// The GPU ordinal an NCCL group uses.
     pub gpu: usize,
+    /// TLS to the coordinator (`[worker.tls]`): `ca` verifies its certificate (an `https://`
+    /// coordinator URL), `cert`/`key` are this worker's client certificate for mutual TLS.
+    pub tls: TlsConfig,
+    /// The bearer token sent with every call (from `[auth] tokens_file`; the CLI sets it).
+    #[serde(skip)]
+    pub token: BearerToken,
 }
 
 impl WorkerConfig {
@@ -71,6 +79,13 @@ impl WorkerConfig {
             return Err(field(
                 "worker.collective_timeout",
                 "must be at least 0.1 s".into(),
+            ));
+        }
+        self.tls.validate()?;
+        if self.tls.require_client_cert {
+            return Err(field(
+                "worker.tls.require_client_cert",
+                "is a coordinator setting ([tls]); give workers cert and key".into(),
             ));
         }
         if !matches!(self.collective.as_str(), "ring" | "nccl") {
@@ -111,6 +126,8 @@ impl Default for WorkerConfig {
             connect_timeout: Duration::from_secs(60),
             collective: "ring".into(),
             gpu: 0,
+            tls: TlsConfig::default(),
+            token: BearerToken::default(),
         }
     }
 }
@@ -140,11 +157,7 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         });
     }
     let state = Arc::new(WorkerState::new(listener, cfg.collective_timeout, cfg.gpu));
-    let endpoint =
-        Endpoint::from_shared(cfg.coordinator.clone()).map_err(|source| Error::Endpoint {
-            addr: cfg.coordinator.clone(),
-            source,
-        })?;
+    let endpoint = cfg.tls.endpoint(&cfg.coordinator)?;
     let mut last_contact = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         let session = session(&cfg, &endpoint, &collective_addr, &state, &mut shutdown).await;
@@ -183,7 +196,7 @@ async fn session(
         .connect()
         .await
         .map_err(|e| Error::rpc("connect", tonic::Status::unavailable(e.to_string())))?;
-    let mut client = WorkerServiceClient::new(channel)
+    let mut client = WorkerServiceClient::with_interceptor(channel, cfg.token.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let reg = client

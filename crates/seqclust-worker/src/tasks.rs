@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use seqclust_collective::{Local, Ring, RingConfig};
@@ -17,6 +18,7 @@ use seqclust_data::embeddings::{AssignmentColumns, assignments_parquet};
 use seqclust_job::JobSpec;
 use seqclust_kmeans::{Centroids, Packed, PartialStats, Points, accumulate, assign};
 use seqclust_model::SeqModel;
+use seqclust_proto::security::BearerToken;
 use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
 use seqclust_proto::v1::{self, TaskKind};
 use seqclust_proto::{Sample, chunk_offsets, f32s};
@@ -63,11 +65,14 @@ pub(crate) struct Output {
     pub summary: serde_json::Value,
 }
 
+/// The coordinator's WorkerService, with the worker's bearer token on every call.
+pub(crate) type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+
 /// Everything a task needs to talk to the coordinator.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
     pub rt: Handle,
-    pub client: WorkerServiceClient<Channel>,
+    pub client: Client,
     pub worker_id: String,
 }
 

@@ -84,19 +84,43 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Volumes shared by coordinator and worker pods. */}}
+{{/* Volumes of coordinator and worker pods: include with (dict "ctx" $ "role" "worker"). */}}
 {{- define "seqclust.volumes" -}}
+{{- $v := .ctx.Values -}}
 - name: config
   configMap:
-    name: {{ include "seqclust.fullname" . }}
+    name: {{ include "seqclust.fullname" .ctx }}
 - name: tmp
   emptyDir: {}
-{{- if .Values.etcd.auth.existingSecret }}
+{{- if $v.tls.enabled }}
+- name: tls
+  secret:
+    {{- if eq .role "coordinator" }}
+    secretName: {{ $v.tls.existingSecret }}
+    {{- else if $v.tls.mutual }}
+    secretName: {{ $v.tls.workerSecret }}
+    {{- else }}
+    # workers verify the coordinator: the CA only, never its key
+    secretName: {{ $v.tls.existingSecret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+    {{- end }}
+{{- end }}
+{{- if $v.auth.existingSecret }}
+- name: auth
+  secret:
+    secretName: {{ $v.auth.existingSecret }}
+    items:
+      - key: {{ $v.auth.key }}
+        path: tokens
+{{- end }}
+{{- if $v.etcd.auth.existingSecret }}
 - name: etcd-auth
   secret:
-    secretName: {{ .Values.etcd.auth.existingSecret }}
+    secretName: {{ $v.etcd.auth.existingSecret }}
     items:
-      - key: {{ .Values.etcd.auth.passwordKey }}
+      - key: {{ $v.etcd.auth.passwordKey }}
         path: password
 {{- end }}
 {{- end -}}
@@ -110,6 +134,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.etcd.auth.existingSecret }}
 - name: etcd-auth
   mountPath: /var/run/secrets/seqclust/etcd
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/seqclust/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.existingSecret }}
+- name: auth
+  mountPath: /var/run/secrets/seqclust/auth
   readOnly: true
 {{- end }}
 {{- end -}}

@@ -153,7 +153,8 @@ pub fn run_grpc(
     ))?;
     let probe = Probe::start();
     let job = rt.block_on(async {
-        let mut c = crate::cmd_jobs::connect(&url).await?;
+        let mut c =
+            crate::cmd_jobs::connect(&crate::cmd_jobs::CoordinatorAddr::plain(url.clone())).await?;
         let j = crate::cmd_jobs::submit(&mut c, &spec, None).await?;
         let mut stream = c
             .watch_job(v1::WatchJobRequest { id: j.id.clone() })

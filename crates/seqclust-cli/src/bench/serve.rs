@@ -190,6 +190,7 @@ pub fn run(b: ServeBench) -> Result<()> {
                 threads: b.batchers.unwrap_or(BatchConfig::default().threads),
                 ..BatchConfig::default()
             },
+            tls: None,
         },
         stop,
     ))?;
