@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod s3;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

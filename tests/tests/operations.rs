@@ -6,113 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use seqclust_meta::conformance::etcd_server::etcd_or_skip;
 use seqclust_proto::v1;
 use seqclust_proto::v1::job_service_client::JobServiceClient;
-use seqclust_tests::{http, make_dataset, seqclust_bin, sigterm, small_spec};
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-/// A `seqclust` service process, killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn start(args: &[&str], log: &Path) -> Proc {
-        Proc(
-            Command::new(seqclust_bin())
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .expect("start seqclust"),
-        )
-    }
-
-    /// SIGTERM (what Kubernetes sends), then the exit status within `within`.
-    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.0.id();
-        sigterm(pid);
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "process {pid} ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The values of the series `name{…}` whose labels include every pair in `labels`.
-fn series<'a>(
-    text: &'a str,
-    name: &'a str,
-    labels: &'a [(&str, &str)],
-) -> impl Iterator<Item = f64> + 'a {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(move |(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.parse().ok())
-}
-
-/// The first matching series' value.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    series(text, name, labels).next()
-}
-
-/// The sum over every matching series.
-fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    series(text, name, labels).sum()
-}
-
-fn metrics(port: u16) -> String {
-    let (code, body) = http(local(port), "GET", "/metrics", "");
-    assert_eq!(code, 200);
-    body
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ready(port: u16) -> Option<(u16, String)> {
-    std::net::TcpStream::connect(local(port)).ok()?;
-    Some(http(local(port), "GET", "/readyz", ""))
-}
+use seqclust_tests::services::{Proc, free_port, metrics, ready, sample, total, wait_until};
+use seqclust_tests::{make_dataset, seqclust_bin, small_spec};
 
 #[test]
 fn services_from_one_config_elect_a_leader_expose_metrics_and_hand_over() {
