@@ -46,6 +46,15 @@ pub struct TestCluster {
     workers: Vec<Worker>,
 }
 
+/// The tests' tokio runtime: two worker threads, like the services.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Coordinator settings for tests: short leases.
 pub fn test_config(listen: &str) -> CoordinatorConfig {
     CoordinatorConfig {
@@ -64,11 +73,7 @@ impl TestCluster {
 
     /// A coordinator on the metadata store `make` opens (on the cluster's runtime).
     pub fn with_meta(make: impl FnOnce(&Runtime) -> Arc<dyn MetaStore>) -> TestCluster {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let meta = make(&rt);
         let (stop, rx) = watch::channel(false);
         let running = rt

@@ -119,3 +119,44 @@ impl Proc {
         let _ = self.0.wait();
     }
 }
+
+/// The lease TTL of [`write_config`], in seconds.
+pub const LEASE_TTL: f64 = 3.0;
+
+/// Writes `dir/seqclust.toml`: coordinators listening on 127.0.0.1:`grpc` with a short lease,
+/// etcd at `etcd` under a fresh prefix named after `test`, workers of one thread that never
+/// give up reconnecting, JSON logs. Returns the file's path as a string.
+pub fn write_config(dir: &Path, grpc: u16, etcd: &str, test: &str) -> String {
+    let path = dir.join("seqclust.toml");
+    let prefix = seqclust_meta::conformance::unique_prefix(test);
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[coordinator]
+listen = "127.0.0.1:{grpc}"
+lease_ttl = {LEASE_TTL}
+heartbeat_interval = 0.5
+
+[meta]
+store = "etcd"
+
+[meta.etcd]
+endpoints = ["{etcd}"]
+prefix = "{prefix}"
+
+[worker]
+coordinator = "http://127.0.0.1:{grpc}"
+threads = 1
+collective_timeout = 10
+connect_timeout = 0
+
+[telemetry]
+log_format = "json"
+log_filter = "info"
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}

@@ -9,56 +9,23 @@ use std::time::{Duration, Instant};
 use seqclust_meta::conformance::etcd_server::etcd_or_skip;
 use seqclust_proto::v1;
 use seqclust_proto::v1::job_service_client::JobServiceClient;
-use seqclust_tests::services::{Proc, free_port, metrics, ready, sample, wait_until};
-use seqclust_tests::{make_dataset, small_spec};
+use seqclust_tests::services::{
+    LEASE_TTL, Proc, free_port, metrics, ready, sample, wait_until, write_config,
+};
+use seqclust_tests::{make_dataset, runtime, small_spec};
 
 #[test]
 fn a_killed_leader_is_replaced_and_its_job_completes_once() {
     let Some(etcd) = etcd_or_skip("failover") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().display().to_string();
     let ds = make_dataset(&rt, dir.path(), "fo", 1500);
     let grpc = free_port();
-    let ttl = 3.0;
-    let config = dir.path().join("seqclust.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[coordinator]
-listen = "127.0.0.1:{grpc}"
-lease_ttl = {ttl}
-heartbeat_interval = 0.5
-
-[meta]
-store = "etcd"
-
-[meta.etcd]
-endpoints = ["{etcd}"]
-prefix = "{prefix}"
-
-[worker]
-coordinator = "http://127.0.0.1:{grpc}"
-threads = 1
-collective_timeout = 10
-connect_timeout = 0
-
-[telemetry]
-log_filter = "info"
-"#,
-            etcd = etcd.endpoint(),
-            prefix = seqclust_meta::conformance::unique_prefix("failover"),
-        ),
-    )
-    .unwrap();
-    let cfg = config.display().to_string();
+    let ttl = LEASE_TTL;
+    let cfg = write_config(dir.path(), grpc, &etcd.endpoint(), "failover");
     let log = |n: &str| dir.path().join(format!("{n}.log"));
     let (ma, mb) = (free_port(), free_port());
     let coordinator = |m: u16, name: &str| {

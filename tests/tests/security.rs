@@ -20,7 +20,7 @@ use seqclust_proto::v1;
 use seqclust_proto::v1::job_service_client::JobServiceClient;
 use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
 use seqclust_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
-use seqclust_tests::{make_dataset, seqclust_bin, small_spec, test_config};
+use seqclust_tests::{make_dataset, runtime, seqclust_bin, small_spec, test_config};
 use seqclust_worker::WorkerConfig;
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -73,11 +73,7 @@ fn tls_client(ca: &Path, cert: Option<(&Path, &Path)>) -> TlsConfig {
 
 #[test]
 fn tls_mutual_tls_and_tokens_admit_only_valid_credentials() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca_main = ca("seqclust test CA");
