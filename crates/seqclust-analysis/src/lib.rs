@@ -3,6 +3,7 @@
 pub mod config;
 pub mod error;
 pub mod profile;
+pub mod quality;
 pub mod recommend;
 pub mod report;
 pub mod tree;
@@ -332,12 +333,16 @@ pub fn analyze(r: &RunData<'_>) -> Result<Analysis> {
             .copied()
             .collect();
         let c: Vec<u32> = clusters.iter().step_by(sample_step).copied().collect();
-        (v, c)
+        // the projection and the k curve show the space the clusters live in
+        (r.model.cluster_vectors(v), c)
     } else {
         let sample: Vec<seqclust_trainer::Owned> =
             owned.iter().step_by(sample_step).cloned().collect();
         let c: Vec<u32> = clusters.iter().step_by(sample_step).copied().collect();
-        (seqclust_trainer::embed(r.model, &sample, 512)?, c)
+        (
+            seqclust_trainer::embed_for_clusters(r.model, &sample, 512)?,
+            c,
+        )
     };
     let t_recs = t0.elapsed().as_secs_f64() - t_profiles;
 

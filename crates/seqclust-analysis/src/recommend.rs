@@ -231,7 +231,11 @@ pub fn evaluate(
     let hist: Vec<Owned> = examples.iter().map(|(h, _)| h.clone()).collect();
     let d = model.config().dim;
     let vectors = seqclust_trainer::embed(model, &hist, 512)?;
-    let clusters: Vec<u32> = vectors.chunks(d).map(assign).collect();
+    let clusters: Vec<u32> = model
+        .cluster_vectors(vectors.clone())
+        .chunks(d)
+        .map(assign)
+        .collect();
     // the trend counts every user's history (its last item left out) under its cluster
     let (all_hist, all_clusters): (Vec<Owned>, Vec<u32>) = users
         .iter()

@@ -249,7 +249,13 @@ fn run_in_pool(a: ClusterArgs) -> Result<()> {
         }
     }
     if let Some(lp) = &a.labels {
-        let truth = read_labels(lp)?;
+        // a truth CSV names its users: join on them when the vectors have ids
+        let truth = match &emb.ids {
+            Some(ids) if seqclust_data::embeddings::labels_are_csv(lp)? => {
+                seqclust_data::embeddings::labels_for(lp, ids)?
+            }
+            _ => read_labels(lp)?,
+        };
         if truth.len() != labels.len() {
             bail!(
                 "{}: {} labels for {} points",

@@ -61,6 +61,25 @@ pub struct TrainArgs {
     /// Weight of masked-item prediction (bi_transformer).
     #[arg(long)]
     cloze: Option<f32>,
+    /// Weight of next-event prediction (the next action, category and time gap); a weight
+    /// above 0 also turns on the encoder's event heads.
+    #[arg(long)]
+    next_event: Option<f32>,
+    /// Weight of the intent-contrastive clustering loss (ICLRec).
+    #[arg(long)]
+    intent: Option<f32>,
+    /// Weight of DEC's clustering loss.
+    #[arg(long)]
+    dec: Option<f32>,
+    /// Intents (centroids) of the clustering losses.
+    #[arg(long)]
+    intents: Option<usize>,
+    /// Add the hour-of-day input embedding.
+    #[arg(long)]
+    use_hour: bool,
+    /// PCA-whiten the vectors clustering sees (fitted when training ends).
+    #[arg(long)]
+    whiten: bool,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -151,6 +170,15 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     set!(a.heads, e.heads);
     set!(a.dropout, e.dropout);
     set!(a.max_len, e.max_len);
+    if a.use_hour {
+        e.use_hour = true;
+    }
+    if a.whiten {
+        e.whiten = true;
+    }
+    if a.next_event.is_some_and(|w| w > 0.0) {
+        e.event_heads = true;
+    }
     let o = &mut job.objective;
     if let Some(l) = &a.loss {
         o.next_item_loss = parse_loss(l)?;
@@ -158,6 +186,10 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     set!(a.next_item, o.next_item);
     set!(a.contrastive, o.contrastive);
     set!(a.cloze, o.cloze);
+    set!(a.next_event, o.next_event);
+    set!(a.intent, o.intent);
+    set!(a.dec, o.dec);
+    set!(a.intents, o.intents);
     let t = &mut job.train;
     set!(a.epochs, t.epochs);
     set!(a.batch_size, t.batch_size);
@@ -276,9 +308,9 @@ pub fn run_train(a: TrainArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
 /// Evaluate a trained model on a dataset's leave-one-out test split.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The training run (directory or URL holding model/).
+    /// The training run (directory or URL holding model/); required.
     #[arg(long, short)]
-    model: String,
+    model: Option<String>,
     /// Dataset (default: the one the model was trained on).
     #[arg(long, short)]
     dataset: Option<String>,
@@ -296,7 +328,7 @@ pub struct EvalArgs {
     json: bool,
 }
 
-fn open_for(
+pub(crate) fn open_for(
     model_ds: &str,
     dataset: &Option<String>,
     root: &str,
@@ -313,7 +345,10 @@ fn open_for(
 }
 
 pub fn run_eval(a: EvalArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let run = Location::parse(&a.model, false)?;
+    let Some(model) = &a.model else {
+        bail!("seqclust eval needs --model RUN (or a subcommand: seqclust eval clustering)");
+    };
+    let run = Location::parse(model, false)?;
     let (model, info) = rt.block_on(seqclust_trainer::load_model(&run))?;
     let ds = open_for(&info.dataset, &a.dataset, &a.root, rt)?;
     if seqclust_trainer::vocab_of(&ds) != info.vocab {
@@ -377,7 +412,7 @@ pub fn run_embed(a: EmbedArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     for s in 0..ds.num_shards() {
         let shard = rt.block_on(ds.read_shard(s))?;
         let users: Vec<Owned> = seqclust_trainer::examples::users(&shard);
-        vecs.extend(seqclust_trainer::embed(&model, &users, 512)?);
+        vecs.extend(seqclust_trainer::embed_for_clusters(&model, &users, 512)?);
         ids.extend(users.into_iter().map(|u| u.user));
     }
     let d = model.config().dim;

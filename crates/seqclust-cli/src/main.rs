@@ -7,6 +7,7 @@ mod cmd_dataset;
 mod cmd_gen;
 mod cmd_ingest;
 mod cmd_jobs;
+mod cmd_quality;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
@@ -39,8 +40,12 @@ enum Cmd {
     Dataset(cmd_dataset::DatasetArgs),
     /// Train a sequence encoder on a dataset (self-supervised).
     Train(Box<cmd_train::TrainArgs>),
-    /// Evaluate a trained encoder on next-item prediction (leave-one-out).
-    Eval(cmd_train::EvalArgs),
+    /// Evaluate a trained encoder on next-item prediction (leave-one-out), or clusters
+    /// against known classes (`eval clustering`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Eval(EvalCmd),
+    /// Quantise a trained model to int8 for serving, with what it costs in quality.
+    Quantize(Box<cmd_quality::QuantizeArgs>),
     /// Write every user's vector (Parquet and a raw f32 matrix).
     Embed(cmd_train::EmbedArgs),
     /// Cluster an embeddings file with k-means, Ward or spectral clustering.
@@ -97,6 +102,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `seqclust eval`: next-item metrics by default, or a subcommand.
+#[derive(Debug, clap::Args)]
+struct EvalCmd {
+    #[command(subcommand)]
+    what: Option<EvalWhat>,
+    #[command(flatten)]
+    next: cmd_train::EvalArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalWhat {
+    /// Cluster quality against known classes (ARI, NMI, purity, silhouette), the encoder
+    /// beside the baselines (TF-IDF, item2vec, the untrained encoder).
+    Clustering(Box<cmd_quality::ClusteringArgs>),
+}
+
 fn run(cli: Cli) -> Result<()> {
     // the services start logging from their config file's [telemetry] table
     let _log = match cli.cmd {
@@ -115,8 +136,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ingest(a) => cmd_ingest::run(*a, &rt),
         Cmd::Dataset(a) => cmd_dataset::run(a, &rt),
         Cmd::Train(a) => cmd_train::run_train(*a, &rt),
-        Cmd::Eval(a) => cmd_train::run_eval(a, &rt),
+        Cmd::Eval(EvalCmd {
+            what: Some(EvalWhat::Clustering(a)),
+            ..
+        }) => cmd_quality::run(*a, &rt),
+        Cmd::Eval(EvalCmd { next, .. }) => cmd_train::run_eval(next, &rt),
         Cmd::Embed(a) => cmd_train::run_embed(a, &rt),
+        Cmd::Quantize(a) => cmd_quality::run_quantize(*a, &rt),
         Cmd::Cluster(a) => cmd_cluster::run(*a),
         Cmd::Run(a) => cmd_run::run(a, &rt),
         Cmd::Coordinator(a) => cmd_service::run_coordinator(a, cli.log_json, &rt),

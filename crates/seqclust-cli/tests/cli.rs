@@ -479,3 +479,189 @@ fn config_check_names_the_file_and_field() {
         dir.path(),
     ));
 }
+
+/// `seqclust eval clustering`: the trained encoder beside every baseline in one table, with
+/// truth joined by user; bad truth files and arguments are named.
+#[test]
+fn eval_clustering_scores_encoder_and_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&seqclust(
+        &["gen", "--users", "1500", "--out", "ev.csv.gz", "-q"],
+        d,
+    ));
+    ok(&seqclust(
+        &[
+            "ingest",
+            "ev.csv.gz",
+            "--root",
+            "store",
+            "--name",
+            "p",
+            "-q",
+        ],
+        d,
+    ));
+    ok(&seqclust(
+        &[
+            "train",
+            "--dataset",
+            "p",
+            "--root",
+            "store",
+            "--out",
+            "run",
+            "--encoder",
+            "gru",
+            "--dim",
+            "16",
+            "--layers",
+            "1",
+            "--pooling",
+            "mean",
+            "--loss",
+            "sampled:64",
+            "--next-event",
+            "1",
+            "--use-hour",
+            "--whiten",
+            "--epochs",
+            "1",
+            "--eval-users",
+            "200",
+            "-q",
+        ],
+        d,
+    ));
+    let out = ok(&seqclust(
+        &[
+            "eval",
+            "clustering",
+            "--model",
+            "run",
+            "--root",
+            "store",
+            "--truth",
+            "ev.truth.csv",
+            "--item2vec-epochs",
+            "1",
+            "--json",
+            "--out",
+            "rows.json",
+        ],
+        d,
+    ));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        [
+            "encoder run",
+            "tfidf+kmeans",
+            "item2vec+kmeans",
+            "untrained encoder"
+        ]
+    );
+    for r in &rows {
+        for m in ["ari", "nmi", "purity", "silhouette"] {
+            let v = r[m].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&v), "{r}");
+        }
+        assert!(r["purity"].as_f64().unwrap() >= 0.125, "{r}");
+    }
+    // items alone do not tell the personas apart (they share one catalogue)
+    assert!(rows[1]["nmi"].as_f64().unwrap() < 0.6, "{}", rows[1]);
+    let saved: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(d.join("rows.json")).unwrap()).unwrap();
+    assert_eq!(saved, rows);
+    // a user without a label is named, with the file
+    let truth = std::fs::read_to_string(d.join("ev.truth.csv")).unwrap();
+    let cut: Vec<&str> = truth.lines().filter(|l| !l.starts_with("17,")).collect();
+    std::fs::write(d.join("cut.csv"), cut.join("\n")).unwrap();
+    let bad = seqclust(
+        &[
+            "eval",
+            "clustering",
+            "--model",
+            "run",
+            "--root",
+            "store",
+            "--truth",
+            "cut.csv",
+            "--baselines",
+            "none",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("cut.csv") && err.contains("\"17\""),
+        "{err}"
+    );
+    let bad = seqclust(
+        &[
+            "eval",
+            "clustering",
+            "--dataset",
+            "p",
+            "--root",
+            "store",
+            "--truth",
+            "ev.truth.csv",
+            "--baselines",
+            "bow",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("\"bow\""), "{err}");
+    // `seqclust eval` without a subcommand still wants its model
+    let bad = seqclust(&["eval"], d);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--model"));
+
+    // int8: a smaller model that every --model command reads, and what it costs
+    let out = ok(&seqclust(
+        &[
+            "quantize", "--model", "run", "--out", "run8", "--root", "store", "--users", "300",
+            "--k", "4", "--json",
+        ],
+        d,
+    ));
+    let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dim = 16.0;
+    let ratio = q["item_table_bytes"]["ratio"].as_f64().unwrap();
+    assert!((ratio - 4.0 * dim / (dim + 4.0)).abs() < 1e-3, "{q}");
+    assert!(
+        q["model_file_bytes"]["ratio"].as_f64().unwrap() > 2.5,
+        "{q}"
+    );
+    assert!(
+        q["hr10"]["relative_change"].as_f64().unwrap().abs() < 0.2,
+        "{q}"
+    );
+    assert!(
+        q["assignments"]["ari_vs_f32"].as_f64().unwrap() > 0.8,
+        "{q}"
+    );
+    let out = ok(&seqclust(
+        &[
+            "eval",
+            "clustering",
+            "--model",
+            "run8",
+            "--root",
+            "store",
+            "--truth",
+            "ev.truth.csv",
+            "--baselines",
+            "none",
+            "--json",
+        ],
+        d,
+    ));
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["method"], "encoder run8");
+}

@@ -358,6 +358,58 @@ pub fn read_labels(path: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Labels keyed by user: a CSV whose header names the columns and whose first two columns are
+/// the user key and an integer label (the generator's `*.truth.csv`:
+/// `user_id,persona,persona_name`). Errors name the file and line; a user listed twice is
+/// refused.
+pub fn read_keyed_labels(path: &Path) -> Result<std::collections::HashMap<String, u64>> {
+    let bytes = read_file(path)?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| bad(path, "labels file is not UTF-8 text"))?;
+    let mut out = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = line.split(',');
+        let (Some(user), Some(label)) = (fields.next(), fields.next()) else {
+            return Err(bad(path, format!("line {}: expected user,label", i + 1)));
+        };
+        let label = label.trim().parse::<u64>().map_err(|_| {
+            bad(
+                path,
+                format!("line {}: label {label:?} is not an integer", i + 1),
+            )
+        })?;
+        if out.insert(user.trim().to_string(), label).is_some() {
+            return Err(bad(
+                path,
+                format!("line {}: user {user:?} is listed twice", i + 1),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a labels file is a CSV (so [`read_keyed_labels`] applies), not `.npy` or
+/// PEERRAW1.
+pub fn labels_are_csv(path: &Path) -> Result<bool> {
+    let bytes = read_file(path)?;
+    Ok(!(bytes.starts_with(PEERRAW_MAGIC) || bytes.starts_with(b"\x93NUMPY")))
+}
+
+/// The labels of `ids` from a keyed labels file; errors name the first user without one.
+pub fn labels_for(path: &Path, ids: &[String]) -> Result<Vec<u64>> {
+    let map = read_keyed_labels(path)?;
+    ids.iter()
+        .map(|u| {
+            map.get(u)
+                .copied()
+                .ok_or_else(|| bad(path, format!("no label for user {u:?}")))
+        })
+        .collect()
+}
+
 /// Writes a 2-d f32 `.npy` file.
 pub fn write_npy_f32(path: &Path, data: &[f32], n: usize, d: usize) -> Result<()> {
     use npyz::WriterBuilder;
@@ -680,6 +732,28 @@ mod tests {
             read_embeddings(&dir.path().join("missing.npy"), None, false),
             Err(Error::MissingInput { .. })
         ));
+        let keyed = dir.path().join("keyed.csv");
+        std::fs::write(&keyed, "user_id,persona\nb,2\na,1\n").unwrap();
+        assert_eq!(
+            labels_for(&keyed, &["a".to_string(), "b".to_string()]).unwrap(),
+            vec![1, 2],
+            "joined by user, not by row"
+        );
+        let chain = |e: Error| {
+            let mut s = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                s = format!("{s}: {c}");
+                cur = c.source();
+            }
+            s
+        };
+        let e = chain(labels_for(&keyed, &["c".to_string()]).unwrap_err());
+        assert!(e.contains("keyed.csv") && e.contains("\"c\""), "{e}");
+        std::fs::write(&keyed, "user_id,persona\na,1\na,2\n").unwrap();
+        let e = chain(read_keyed_labels(&keyed).unwrap_err());
+        assert!(e.contains("line 3") && e.contains("twice"), "{e}");
+        assert!(labels_are_csv(&keyed).unwrap() && !labels_are_csv(&l).unwrap());
         let csv = dir.path().join("truth.csv");
         std::fs::write(&csv, "user_id,persona,persona_name\n1,3,x\n2,0,y\n").unwrap();
         assert_eq!(read_labels(&csv).unwrap(), vec![3, 0]);

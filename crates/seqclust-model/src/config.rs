@@ -59,6 +59,15 @@ pub struct EncoderConfig {
     pub use_time_gap: bool,
     /// Number of time-gap buckets.
     pub time_buckets: usize,
+    /// Add an embedding of the event's hour of the day (UTC).
+    pub use_hour: bool,
+    /// Output heads that predict the next event's action, category and time gap from each
+    /// state (needed by `objective.next_event`; small: `dim × (actions + categories +
+    /// time_buckets)` weights).
+    pub event_heads: bool,
+    /// PCA-whiten the user vectors that clustering sees (estimated over the training users
+    /// when training ends; see `whitening`). Scoring items keeps the raw vectors.
+    pub whiten: bool,
     /// How the user vector is pooled.
     pub pooling: Pooling,
     /// Scale user vectors to unit length.
@@ -79,6 +88,9 @@ impl Default for EncoderConfig {
             use_category: true,
             use_time_gap: true,
             time_buckets: 32,
+            use_hour: false,
+            event_heads: false,
+            whiten: false,
             pooling: Pooling::Last,
             normalize: false,
         }
@@ -187,6 +199,28 @@ pub struct ObjectiveConfig {
     pub cloze: f32,
     /// Fraction of items masked for Cloze.
     pub cloze_prob: f32,
+    /// Weight of next-event prediction: the next event's action, category and time-gap
+    /// bucket from every state (needs `encoder.event_heads`; 0 disables). It makes the states
+    /// carry *how* a user behaves, not only which item comes next.
+    pub next_event: f32,
+    /// Weight of the intent-contrastive loss (ICLRec): each user vector against the intent
+    /// centroids, its own centroid the positive (0 disables).
+    pub intent: f32,
+    /// Weight of DEC's clustering loss: KL divergence from the sharpened target distribution
+    /// to the Student-t soft assignment of each user vector to the centroids (0 disables).
+    pub dec: f32,
+    /// Number of intents: the centroids the clustering losses use, re-estimated by k-means
+    /// over every training user's vector at the start of each epoch.
+    pub intents: usize,
+    /// Temperature of the intent-contrastive loss.
+    pub intent_temperature: f32,
+    /// Assign users to intents in the PCA-whitened space of their vectors (every direction
+    /// of equal variance), so that a behaviour carried by a low-variance direction still gets
+    /// its own intent; the losses then pull the vectors themselves toward those intents.
+    pub intent_whiten: bool,
+    /// Epochs trained before the clustering losses start (the first centroids come from a
+    /// model that has learnt something).
+    pub cluster_warmup_epochs: usize,
 }
 
 impl Default for ObjectiveConfig {
@@ -202,23 +236,60 @@ impl Default for ObjectiveConfig {
             reorder_ratio: 0.2,
             cloze: 0.0,
             cloze_prob: 0.2,
+            next_event: 0.0,
+            intent: 0.0,
+            dec: 0.0,
+            intents: 8,
+            intent_temperature: 1.0,
+            intent_whiten: true,
+            cluster_warmup_epochs: 1,
         }
     }
 }
 
 impl ObjectiveConfig {
+    /// Whether a clustering loss (intent-contrastive or DEC) is on, so training needs
+    /// centroids.
+    pub fn clustering(&self) -> bool {
+        self.intent > 0.0 || self.dec > 0.0
+    }
+
     /// Checks the weights and parameters against the encoder.
     pub fn validate(&self, enc: &EncoderConfig) -> Result<()> {
         for (f, v) in [
             ("objective.next_item", self.next_item),
             ("objective.contrastive", self.contrastive),
             ("objective.cloze", self.cloze),
+            ("objective.next_event", self.next_event),
+            ("objective.intent", self.intent),
+            ("objective.dec", self.dec),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::config(f, "must be a finite weight >= 0"));
             }
         }
-        if self.next_item + self.contrastive + self.cloze <= 0.0 {
+        if self.next_event > 0.0 && !enc.event_heads {
+            return Err(Error::config(
+                "objective.next_event",
+                "next-event prediction needs encoder.event_heads = true",
+            ));
+        }
+        if self.next_event > 0.0 && enc.kind == EncoderKind::BiTransformer {
+            return Err(Error::config(
+                "objective.next_event",
+                "next-event prediction needs a causal encoder (gru, lstm or transformer)",
+            ));
+        }
+        if self.clustering() && self.intents < 2 {
+            return Err(Error::config("objective.intents", "must be at least 2"));
+        }
+        if !(self.intent_temperature > 0.0 && self.intent_temperature.is_finite()) {
+            return Err(Error::config(
+                "objective.intent_temperature",
+                "must be positive",
+            ));
+        }
+        if self.next_item + self.contrastive + self.cloze + self.next_event <= 0.0 {
             return Err(Error::config(
                 "objective",
                 "every objective weight is 0: nothing to train",

@@ -106,11 +106,35 @@ pub struct BatchInput {
     pub categories: Vec<u32>,
     /// Time-gap buckets.
     pub gaps: Vec<u32>,
+    /// Hour of the day (UTC) plus one; 0 for padding.
+    pub hours: Vec<u32>,
     /// 1 for events, 0 for padding.
     pub mask: Vec<f32>,
     /// Next-item target at each position (0 = none: padding, out-of-vocabulary, or no next).
     pub targets: Vec<u32>,
+    /// The next event's action, category and time-gap bucket at each position (0 = none),
+    /// for the next-event objective; filled by [`BatchInput::next_item`].
+    pub next: NextEvent,
 }
+
+/// The next event's fields at each position of a next-item batch (0 = no next event).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NextEvent {
+    /// Action ids.
+    pub actions: Vec<u32>,
+    /// Category ids.
+    pub categories: Vec<u32>,
+    /// Time-gap buckets (always at least 1 for a real next event).
+    pub gaps: Vec<u32>,
+}
+
+/// The hour of the day (UTC) of a timestamp in ms, plus one (1..=24; 0 is padding).
+pub fn hour_id(ms: i64) -> u32 {
+    (ms.div_euclid(1000).rem_euclid(86_400) / 3600) as u32 + 1
+}
+
+/// Rows of the hour embedding: padding and 24 hours.
+pub const HOURS: usize = 25;
 
 impl BatchInput {
     fn with_shape(b: usize, t: usize) -> Self {
@@ -121,8 +145,10 @@ impl BatchInput {
             actions: vec![0; b * t],
             categories: vec![0; b * t],
             gaps: vec![0; b * t],
+            hours: vec![0; b * t],
             mask: vec![0.0; b * t],
             targets: vec![0; b * t],
+            next: NextEvent::default(),
         }
     }
 
@@ -137,6 +163,7 @@ impl BatchInput {
             self.categories[off + k] = s.categories[i];
             let prev = (i > 0).then(|| s.timestamps[i - 1]);
             self.gaps[off + k] = gap_bucket(prev, s.timestamps[i], buckets);
+            self.hours[off + k] = hour_id(s.timestamps[i]);
             self.mask[off + k] = 1.0;
         }
     }
@@ -151,6 +178,12 @@ impl BatchInput {
             .unwrap_or(0)
             .clamp(1, max_len);
         let mut out = BatchInput::with_shape(seqs.len(), t);
+        let bt = seqs.len() * t;
+        out.next = NextEvent {
+            actions: vec![0; bt],
+            categories: vec![0; bt],
+            gaps: vec![0; bt],
+        };
         for (row, s) in seqs.iter().enumerate() {
             if s.len() < 2 {
                 continue;
@@ -160,8 +193,13 @@ impl BatchInput {
             let n = input.len().min(t);
             let off = row * t + (t - n);
             for k in 0..n {
-                let target = s.items[s.len() - n + k];
+                let j = s.len() - n + k;
+                let target = s.items[j];
                 out.targets[off + k] = if target >= FIRST_ITEM { target } else { 0 };
+                out.next.actions[off + k] = u32::from(s.actions[j]);
+                out.next.categories[off + k] = s.categories[j];
+                out.next.gaps[off + k] =
+                    gap_bucket(Some(s.timestamps[j - 1]), s.timestamps[j], buckets);
             }
         }
         out
@@ -217,9 +255,20 @@ mod tests {
             &[0, 2, 1],
             "1 s: 1 + floor(log2 2) = 2; 0 s: 1"
         );
+        assert_eq!(&b.next.actions[..3], &[1, 2, 3]);
+        assert_eq!(&b.next.gaps[..3], &[2, 1, 4]);
+        assert_eq!(&b.next.actions[3..], &[0, 0, 1]);
         let e = BatchInput::encode(&[long], 2, 8);
         assert_eq!((e.t, e.items.clone()), (2, vec![1, 8]));
         assert_eq!(e.gaps, vec![1, 4], "8 s gap: 1 + floor(log2 9) = 4");
+    }
+
+    #[test]
+    fn hours_of_the_day() {
+        assert_eq!(hour_id(0), 1);
+        assert_eq!(hour_id(3_599_999), 1);
+        assert_eq!(hour_id(23 * 3_600_000), 24);
+        assert_eq!(hour_id(-1), 24, "before 1970 still maps into the day");
     }
 
     #[test]

@@ -10,8 +10,10 @@ pub mod layers;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod quant;
 pub mod recurrent;
 pub mod transformer;
+pub mod whitening;
 
 pub use config::{
     EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Pooling, Positions, Vocab,
@@ -21,5 +23,6 @@ pub use eval::{HistoryMask, RankMetrics, full_ranking, sampled_ranking};
 pub use features::{BatchInput, SeqInput};
 pub use item_table::{AdamParams, ItemTable, SparseGrad};
 pub use model::{Encoded, SeqModel};
-pub use objective::{Gradients, Popularity, StepCtx, step};
+pub use objective::{Gradients, Intents, Popularity, StepCtx, Whitened, step};
 pub use optim::{Optimizer, Schedule, StepReport};
+pub use whitening::{Moments, Whitening};

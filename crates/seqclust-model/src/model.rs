@@ -10,12 +10,13 @@ use rayon::prelude::*;
 
 use crate::config::{EncoderConfig, EncoderKind, Pooling, Vocab};
 use crate::error::{Ctx, Error, Result};
-use crate::features::BatchInput;
+use crate::features::{BatchInput, HOURS};
 use crate::item_table::ItemTable;
 use crate::kernels::block::Mode;
-use crate::layers::{Embedding, LayerNorm, dropout, l2_normalize, mask_tensor};
+use crate::layers::{Embedding, LayerNorm, Linear, dropout, l2_normalize, mask_tensor};
 use crate::recurrent::{Cell, RecurrentLayer};
 use crate::transformer::Block;
+use crate::whitening::Whitening;
 
 enum Body {
     Recurrent(Vec<RecurrentLayer>),
@@ -35,6 +36,17 @@ pub struct Encoded {
     pub user: Tensor,
 }
 
+/// The next-event heads: logits of the next action, category and time-gap bucket.
+#[derive(Debug, Clone)]
+pub struct EventHeads {
+    /// `dim → actions`.
+    pub action: Linear,
+    /// `dim → categories`.
+    pub category: Linear,
+    /// `dim → time_buckets`.
+    pub gap: Linear,
+}
+
 /// A sequence encoder with its parameters.
 pub struct SeqModel {
     cfg: EncoderConfig,
@@ -47,9 +59,12 @@ pub struct SeqModel {
     action: Option<Embedding>,
     category: Option<Embedding>,
     gap: Option<Embedding>,
+    hour: Option<Embedding>,
     position: Option<Embedding>,
+    heads: Option<EventHeads>,
     body: Body,
     pool_query: Option<Tensor>,
+    whitening: Option<Whitening>,
     device: Device,
     fused: bool,
 }
@@ -118,6 +133,25 @@ impl SeqModel {
             .use_time_gap
             .then(|| Embedding::new(cfg.time_buckets, d, vb.pp("emb.gap")))
             .transpose()?;
+        let hour = cfg
+            .use_hour
+            .then(|| Embedding::new(HOURS, d, vb.pp("emb.hour")))
+            .transpose()?;
+        let heads = cfg
+            .event_heads
+            .then(|| -> Result<EventHeads> {
+                Ok(EventHeads {
+                    action: Linear::new(d, vocab.actions.max(1), true, vb.pp("head.action"))?,
+                    category: Linear::new(
+                        d,
+                        vocab.categories.max(1),
+                        true,
+                        vb.pp("head.category"),
+                    )?,
+                    gap: Linear::new(d, cfg.time_buckets, true, vb.pp("head.gap"))?,
+                })
+            })
+            .transpose()?;
         let (body, position) = match cfg.kind {
             EncoderKind::Gru | EncoderKind::Lstm => {
                 let cell = if cfg.kind == EncoderKind::Gru {
@@ -184,9 +218,12 @@ impl SeqModel {
             action,
             category,
             gap,
+            hour,
             position,
+            heads,
             body,
             pool_query,
+            whitening: None,
             fused: device.is_cpu(),
             device,
         })
@@ -216,6 +253,30 @@ impl SeqModel {
     /// The device tensors live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The whitening of the vectors clustering sees (`encoder.whiten`), once estimated.
+    pub fn whitening(&self) -> Option<&Whitening> {
+        self.whitening.as_ref()
+    }
+
+    /// Sets (or clears) the whitening.
+    pub fn set_whitening(&mut self, w: Option<Whitening>) {
+        self.whitening = w;
+    }
+
+    /// The vectors clustering and assignment use for the user vectors `raw` (`n × dim`, from
+    /// [`Self::embed`]): whitened when the model has a whitening, else `raw` unchanged.
+    pub fn cluster_vectors(&self, raw: Vec<f32>) -> Vec<f32> {
+        match &self.whitening {
+            Some(w) => w.apply_rows(&raw),
+            None => raw,
+        }
+    }
+
+    /// The next-event heads, when the encoder has them.
+    pub fn event_heads(&self) -> Option<&EventHeads> {
+        self.heads.as_ref()
     }
 
     /// The id of the Cloze mask token (bidirectional encoders only).
@@ -288,6 +349,9 @@ impl SeqModel {
         if let Some(e) = &self.gap {
             x = (x + e.forward(&input.gaps, &shape, dev)?).ctx("gap")?;
         }
+        if let Some(e) = &self.hour {
+            x = (x + e.forward(&input.hours, &shape, dev)?).ctx("hour")?;
+        }
         if let Some(e) = &self.position {
             // positions count back from the most recent event
             let pos: Vec<u32> = (0..b * t)
@@ -316,10 +380,11 @@ impl SeqModel {
                 .transpose()
                 .ctx("embedding table")
         };
-        let (act, cat, gap, pos) = (
+        let (act, cat, gap, hour, pos) = (
             table(&self.action)?,
             table(&self.category)?,
             table(&self.gap)?,
+            table(&self.hour)?,
             table(&self.position)?,
         );
         let max_cat = self.vocab.categories.saturating_sub(1) as u32;
@@ -335,6 +400,7 @@ impl SeqModel {
                     row(&act, input.actions[i] as usize, d),
                     row(&cat, input.categories[i].min(max_cat) as usize, d),
                     row(&gap, input.gaps[i] as usize, d),
+                    row(&hour, input.hours[i] as usize, d),
                     row(&pos, first_pos + j, d),
                 ];
                 out.iter_mut().for_each(|v| *v *= scale);

@@ -17,6 +17,7 @@ use crate::item_table::SparseGrad;
 use crate::kernels::softmax_ce::SoftmaxCe;
 use crate::layers::l2_normalize;
 use crate::model::SeqModel;
+use crate::whitening::Whitening;
 
 /// Item sampling distribution for sampled softmax (counts from the dataset's vocabulary).
 #[derive(Debug, Clone)]
@@ -109,6 +110,113 @@ fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, &y).ctx("cross entropy")
 }
 
+/// Cross-entropy of the next event's action, category and time-gap bucket at every position
+/// that has a next event (the mean of the three).
+fn next_event_loss(model: &SeqModel, batch: &BatchInput, states: &Tensor) -> Result<Tensor> {
+    let heads = model.event_heads().ok_or_else(|| {
+        Error::config(
+            "objective.next_event",
+            "next-event prediction needs encoder.event_heads = true",
+        )
+    })?;
+    let d = model.config().dim;
+    let dev = model.device();
+    let pos: Vec<u32> = (0..batch.b * batch.t)
+        .filter(|&i| batch.next.gaps.get(i).is_some_and(|&g| g != 0))
+        .map(|i| i as u32)
+        .collect();
+    if pos.is_empty() {
+        return Err(Error::Shape(
+            "no next events in the batch (sequences shorter than 2?)".into(),
+        ));
+    }
+    let h = states
+        .reshape((batch.b * batch.t, d))
+        .ctx("flatten")?
+        .index_select(
+            &Tensor::from_slice(&pos, pos.len(), dev).ctx("positions")?,
+            0,
+        )
+        .ctx("positions")?;
+    let v = model.vocab();
+    let pick = |field: &[u32], cap: usize| -> Vec<u32> {
+        pos.iter()
+            .map(|&i| field[i as usize].min(cap.saturating_sub(1) as u32))
+            .collect()
+    };
+    let actions = pick(&batch.next.actions, v.actions.max(1));
+    let cats = pick(&batch.next.categories, v.categories.max(1));
+    let gaps = pick(&batch.next.gaps, model.config().time_buckets);
+    let la = cross_entropy(&heads.action.forward(&h)?, &actions)?;
+    let lc = cross_entropy(&heads.category.forward(&h)?, &cats)?;
+    let lg = cross_entropy(&heads.gap.forward(&h)?, &gaps)?;
+    ((la + lc).ctx("sum")? + lg)
+        .ctx("sum")?
+        .affine(1.0 / 3.0, 0.0)
+        .ctx("mean")
+}
+
+/// ICLRec's intent-contrastive loss: InfoNCE of each (unit) user vector against the intent
+/// centroids, its own intent (`labels`) the positive. `dots` is `b × k` cosine similarity.
+fn intent_loss(dots: &Tensor, labels: &[u32], temperature: f32) -> Result<Tensor> {
+    let logits = (dots / f64::from(temperature)).ctx("intent temperature")?;
+    cross_entropy(&logits, labels)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+            if v > best.1 { (j, v) } else { best }
+        })
+        .0
+}
+
+/// DEC's clustering loss, KL(P ‖ Q): `Q` the Student-t (α = 1) soft assignment of each unit
+/// user vector to the unit centroids (squared distance `2 − 2 cos`), `P` its sharpened target
+/// `q² / f` (f the batch's soft cluster sizes), held constant as in DEC.
+fn dec_loss(dots: &Tensor) -> Result<Tensor> {
+    let dev = dots.device();
+    let (b, k) = dots.dims2().ctx("dec")?;
+    // q ∝ 1 / (1 + ‖z − μ‖²) = 1 / (3 − 2 cos)
+    let kernel = dots
+        .affine(-2.0, 3.0)
+        .ctx("dec distance")?
+        .recip()
+        .ctx("dec kernel")?;
+    let q = kernel
+        .broadcast_div(&kernel.sum_keepdim(1).ctx("dec")?)
+        .ctx("dec q")?;
+    let qv = q.to_vec2::<f32>().ctx("dec q")?;
+    let f: Vec<f32> = (0..k).map(|j| qv.iter().map(|r| r[j]).sum()).collect();
+    let mut p = vec![0f32; b * k];
+    for (i, r) in qv.iter().enumerate() {
+        let w: Vec<f32> = r
+            .iter()
+            .zip(&f)
+            .map(|(&x, &fj)| x * x / fj.max(f32::MIN_POSITIVE))
+            .collect();
+        let s: f32 = w.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+        for j in 0..k {
+            p[i * k + j] = w[j] / s;
+        }
+    }
+    let p_log_p: f32 = p
+        .iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| x * x.ln())
+        .sum::<f32>()
+        / b as f32;
+    let p = Tensor::from_vec(p, (b, k), dev).ctx("dec p")?;
+    let cross = (p * q.log().ctx("dec log q")?)
+        .ctx("dec")?
+        .sum_all()
+        .ctx("dec")?
+        .affine(-1.0 / b as f64, f64::from(p_log_p))
+        .ctx("dec")?;
+    Ok(cross)
+}
+
 /// CL4SRec's augmentations: a random crop, masking, or a local reorder.
 fn augment(s: &SeqInput<'_>, cfg: &ObjectiveConfig, mask_token: u32, r: &mut ChaCha8Rng) -> SeqBuf {
     let n = s.len();
@@ -161,6 +269,48 @@ pub struct StepCtx<'a> {
     pub step: u64,
     /// Apply dropout.
     pub train: bool,
+    /// The intents of the clustering losses (`objective.intent`, `objective.dec`). `None`
+    /// leaves those losses out (before `cluster_warmup_epochs`, or when they are off).
+    pub intents: Option<&'a Intents>,
+}
+
+/// The intent centroids the clustering losses use, re-estimated by the trainer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Intents {
+    /// `k × dim` row-major unit rows in the space of the user vectors: the losses pull each
+    /// user toward its intent's row.
+    pub centroids: Vec<f32>,
+    /// When set, a user's intent is its nearest centroid in this whitened space rather than
+    /// its nearest row of `centroids`.
+    pub whitened: Option<Whitened>,
+}
+
+/// Intent centroids in a whitened space of the user vectors.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Whitened {
+    /// The whitening.
+    pub transform: Whitening,
+    /// `k × dim` unit rows in the whitened space.
+    pub centroids: Vec<f32>,
+}
+
+impl Whitened {
+    /// The nearest centroid (cosine) of each unit vector in `z` (`n × dim`).
+    pub fn nearest(&self, z: &[f32]) -> Vec<u32> {
+        let d = self.transform.dim();
+        let mut w = vec![0f32; d];
+        z.chunks_exact(d)
+            .map(|x| {
+                self.transform.apply(x, &mut w);
+                let dots: Vec<f32> = self
+                    .centroids
+                    .chunks_exact(d)
+                    .map(|c| c.iter().zip(&w).map(|(a, b)| a * b).sum())
+                    .collect();
+                argmax(&dots) as u32
+            })
+            .collect()
+    }
 }
 
 /// Loss and gradients of one batch.
@@ -184,151 +334,217 @@ pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result
         Ok(())
     };
 
-    if cfg.next_item > 0.0 {
+    let intents = cx.intents.filter(|_| cfg.clustering());
+    // the user vectors the clustering losses pull toward their intents
+    let mut users: Option<Tensor> = None;
+    if cfg.next_item > 0.0 || cfg.next_event > 0.0 {
         let batch = BatchInput::next_item(seqs, enc_cfg.max_len, enc_cfg.time_buckets);
         let rows = Var::from_tensor(&model.gather_items(&batch)?).ctx("item leaf")?;
         leaves.push((rows.clone(), batch.items.clone()));
         let enc = model.forward(&batch, rows.as_tensor(), cx.train.then_some(&mut rng))?;
-        let loss = match cfg.next_item_loss {
-            NextItemLoss::InBatch => {
-                // the most recent position of each sequence against the batch's next items
-                let t = batch.t;
-                let keep: Vec<u32> = (0..batch.b)
-                    .filter(|&s| batch.targets[s * t + t - 1] != 0)
-                    .map(|s| s as u32)
-                    .collect();
-                if keep.len() < 2 {
-                    return Err(Error::Shape(
-                        "in-batch negatives need at least two sequences with a target".into(),
-                    ));
-                }
-                let targets: Vec<u32> = keep
-                    .iter()
-                    .map(|&s| batch.targets[s as usize * t + t - 1])
-                    .collect();
-                let h = enc
-                    .user
-                    .index_select(&Tensor::from_slice(&keep, keep.len(), &dev).ctx("rows")?, 0)
-                    .ctx("rows")?;
-                let tv = Var::from_tensor(
-                    &Tensor::from_vec(model.items.gather(&targets), (targets.len(), d), &dev)
-                        .ctx("targets")?,
-                )
-                .ctx("targets")?;
-                leaves.push((tv.clone(), targets.clone()));
-                let mut logits = h
-                    .matmul(&tv.as_tensor().t().ctx("t")?)
-                    .ctx("in-batch logits")?;
-                if let Some(p) = cx.popularity {
-                    let lq: Vec<f32> = targets.iter().map(|&i| p.log_q[i as usize]).collect();
-                    logits = logits
-                        .broadcast_sub(&Tensor::from_vec(lq, (1, targets.len()), &dev).ctx("logq")?)
-                        .ctx("logq")?;
-                }
-                // the same item elsewhere in the batch is not a negative
-                let n = targets.len();
-                let mut dup = vec![0f32; n * n];
-                for i in 0..n {
-                    for j in 0..n {
-                        if i != j && targets[i] == targets[j] {
-                            dup[i * n + j] = -1e9;
-                        }
+        if cfg.next_event > 0.0 {
+            let loss = next_event_loss(model, &batch, &enc.states)?;
+            parts.push((
+                "next_event".to_string(),
+                loss.to_scalar::<f32>().ctx("loss")?,
+            ));
+            add(&mut total, loss, cfg.next_event)?;
+        }
+        if intents.is_some() {
+            users = Some(enc.user.clone());
+        }
+        if cfg.next_item > 0.0 {
+            let loss = match cfg.next_item_loss {
+                NextItemLoss::InBatch => {
+                    // the most recent position of each sequence against the batch's next items
+                    let t = batch.t;
+                    let keep: Vec<u32> = (0..batch.b)
+                        .filter(|&s| batch.targets[s * t + t - 1] != 0)
+                        .map(|s| s as u32)
+                        .collect();
+                    if keep.len() < 2 {
+                        return Err(Error::Shape(
+                            "in-batch negatives need at least two sequences with a target".into(),
+                        ));
                     }
-                }
-                logits = (logits + Tensor::from_vec(dup, (n, n), &dev).ctx("dups")?).ctx("dups")?;
-                cross_entropy(&logits, &(0..n as u32).collect::<Vec<_>>())?
-            }
-            NextItemLoss::Full | NextItemLoss::Sampled { .. } => {
-                let t = batch.t;
-                let pos: Vec<u32> = match cfg.next_item_positions {
-                    Positions::All => (0..batch.b * t)
-                        .filter(|&i| batch.targets[i] != 0)
-                        .map(|i| i as u32)
-                        .collect(),
-                    Positions::Last => (0..batch.b)
-                        .map(|s| s * t + t - 1)
-                        .filter(|&i| batch.targets[i] != 0)
-                        .map(|i| i as u32)
-                        .collect(),
-                };
-                if pos.is_empty() {
-                    return Err(Error::Shape(
-                        "no next-item targets in the batch (sequences shorter than 2?)".into(),
-                    ));
-                }
-                let targets: Vec<u32> = pos.iter().map(|&i| batch.targets[i as usize]).collect();
-                let flat = enc.states.reshape((batch.b * batch.t, d)).ctx("flatten")?;
-                let h = flat
-                    .index_select(
-                        &Tensor::from_slice(&pos, pos.len(), &dev).ctx("positions")?,
-                        0,
+                    let targets: Vec<u32> = keep
+                        .iter()
+                        .map(|&s| batch.targets[s as usize * t + t - 1])
+                        .collect();
+                    let h = enc
+                        .user
+                        .index_select(&Tensor::from_slice(&keep, keep.len(), &dev).ctx("rows")?, 0)
+                        .ctx("rows")?;
+                    let tv = Var::from_tensor(
+                        &Tensor::from_vec(model.items.gather(&targets), (targets.len(), d), &dev)
+                            .ctx("targets")?,
                     )
-                    .ctx("positions")?;
-                match cfg.next_item_loss {
-                    NextItemLoss::Full => {
-                        let v = model.vocab().items;
-                        let all: Vec<u32> = (0..v as u32).collect();
-                        let tv = Var::from_tensor(
-                            &Tensor::from_vec(model.items.gather(&all), (v, d), &dev)
-                                .ctx("table")?,
-                        )
-                        .ctx("table")?;
-                        leaves.push((tv.clone(), all));
-                        // padding and OOV are never the answer; logits are never materialised
-                        SoftmaxCe::apply(&h, tv.as_tensor(), targets, FIRST_ITEM as usize)
-                            .ctx("softmax cross entropy")?
-                    }
-                    NextItemLoss::Sampled { negatives } => {
-                        let p = cx.popularity.ok_or_else(|| {
-                            Error::config(
-                                "objective.next_item_loss",
-                                "sampled softmax needs item counts",
+                    .ctx("targets")?;
+                    leaves.push((tv.clone(), targets.clone()));
+                    let mut logits = h
+                        .matmul(&tv.as_tensor().t().ctx("t")?)
+                        .ctx("in-batch logits")?;
+                    if let Some(p) = cx.popularity {
+                        let lq: Vec<f32> = targets.iter().map(|&i| p.log_q[i as usize]).collect();
+                        logits = logits
+                            .broadcast_sub(
+                                &Tensor::from_vec(lq, (1, targets.len()), &dev).ctx("logq")?,
                             )
-                        })?;
-                        let negs: Vec<u32> = (0..negatives).map(|_| p.sample(&mut rng)).collect();
-                        let mut cand = targets.clone();
-                        cand.extend_from_slice(&negs);
-                        let cv = Var::from_tensor(
-                            &Tensor::from_vec(model.items.gather(&cand), (cand.len(), d), &dev)
-                                .ctx("cands")?,
-                        )
-                        .ctx("cands")?;
-                        leaves.push((cv.clone(), cand.clone()));
-                        let n = targets.len();
-                        let pos_e = cv.as_tensor().narrow(0, 0, n).ctx("pos")?;
-                        let neg_e = cv.as_tensor().narrow(0, n, negatives).ctx("neg")?;
-                        let pos_l = h.mul(&pos_e).ctx("pos")?.sum_keepdim(1).ctx("pos")?;
-                        let neg_l = h.matmul(&neg_e.t().ctx("t")?).ctx("neg")?;
-                        // log-Q correction and accidental hits
-                        let lq_pos: Vec<f32> =
-                            targets.iter().map(|&i| p.log_q[i as usize]).collect();
-                        let mut neg_bias = vec![0f32; n * negatives];
-                        for i in 0..n {
-                            for (j, &ng) in negs.iter().enumerate() {
-                                neg_bias[i * negatives + j] = if ng == targets[i] {
-                                    -1e9
-                                } else {
-                                    -p.log_q[ng as usize]
-                                };
+                            .ctx("logq")?;
+                    }
+                    // the same item elsewhere in the batch is not a negative
+                    let n = targets.len();
+                    let mut dup = vec![0f32; n * n];
+                    for i in 0..n {
+                        for j in 0..n {
+                            if i != j && targets[i] == targets[j] {
+                                dup[i * n + j] = -1e9;
                             }
                         }
-                        let pos_l = (pos_l - Tensor::from_vec(lq_pos, (n, 1), &dev).ctx("lq")?)
-                            .ctx("lq")?;
-                        let neg_l = (neg_l
-                            + Tensor::from_vec(neg_bias, (n, negatives), &dev).ctx("lq")?)
-                        .ctx("lq")?;
-                        let logits = Tensor::cat(&[&pos_l, &neg_l], 1).ctx("cat")?;
-                        cross_entropy(&logits, &vec![0; n])?
                     }
-                    NextItemLoss::InBatch => unreachable!("handled above"),
+                    logits =
+                        (logits + Tensor::from_vec(dup, (n, n), &dev).ctx("dups")?).ctx("dups")?;
+                    cross_entropy(&logits, &(0..n as u32).collect::<Vec<_>>())?
                 }
+                NextItemLoss::Full | NextItemLoss::Sampled { .. } => {
+                    let t = batch.t;
+                    let pos: Vec<u32> = match cfg.next_item_positions {
+                        Positions::All => (0..batch.b * t)
+                            .filter(|&i| batch.targets[i] != 0)
+                            .map(|i| i as u32)
+                            .collect(),
+                        Positions::Last => (0..batch.b)
+                            .map(|s| s * t + t - 1)
+                            .filter(|&i| batch.targets[i] != 0)
+                            .map(|i| i as u32)
+                            .collect(),
+                    };
+                    if pos.is_empty() {
+                        return Err(Error::Shape(
+                            "no next-item targets in the batch (sequences shorter than 2?)".into(),
+                        ));
+                    }
+                    let targets: Vec<u32> =
+                        pos.iter().map(|&i| batch.targets[i as usize]).collect();
+                    let flat = enc.states.reshape((batch.b * batch.t, d)).ctx("flatten")?;
+                    let h = flat
+                        .index_select(
+                            &Tensor::from_slice(&pos, pos.len(), &dev).ctx("positions")?,
+                            0,
+                        )
+                        .ctx("positions")?;
+                    match cfg.next_item_loss {
+                        NextItemLoss::Full => {
+                            let v = model.vocab().items;
+                            let all: Vec<u32> = (0..v as u32).collect();
+                            let tv = Var::from_tensor(
+                                &Tensor::from_vec(model.items.gather(&all), (v, d), &dev)
+                                    .ctx("table")?,
+                            )
+                            .ctx("table")?;
+                            leaves.push((tv.clone(), all));
+                            // padding and OOV are never the answer; logits are never materialised
+                            SoftmaxCe::apply(&h, tv.as_tensor(), targets, FIRST_ITEM as usize)
+                                .ctx("softmax cross entropy")?
+                        }
+                        NextItemLoss::Sampled { negatives } => {
+                            let p = cx.popularity.ok_or_else(|| {
+                                Error::config(
+                                    "objective.next_item_loss",
+                                    "sampled softmax needs item counts",
+                                )
+                            })?;
+                            let negs: Vec<u32> =
+                                (0..negatives).map(|_| p.sample(&mut rng)).collect();
+                            let mut cand = targets.clone();
+                            cand.extend_from_slice(&negs);
+                            let cv = Var::from_tensor(
+                                &Tensor::from_vec(model.items.gather(&cand), (cand.len(), d), &dev)
+                                    .ctx("cands")?,
+                            )
+                            .ctx("cands")?;
+                            leaves.push((cv.clone(), cand.clone()));
+                            let n = targets.len();
+                            let pos_e = cv.as_tensor().narrow(0, 0, n).ctx("pos")?;
+                            let neg_e = cv.as_tensor().narrow(0, n, negatives).ctx("neg")?;
+                            let pos_l = h.mul(&pos_e).ctx("pos")?.sum_keepdim(1).ctx("pos")?;
+                            let neg_l = h.matmul(&neg_e.t().ctx("t")?).ctx("neg")?;
+                            // log-Q correction and accidental hits
+                            let lq_pos: Vec<f32> =
+                                targets.iter().map(|&i| p.log_q[i as usize]).collect();
+                            let mut neg_bias = vec![0f32; n * negatives];
+                            for i in 0..n {
+                                for (j, &ng) in negs.iter().enumerate() {
+                                    neg_bias[i * negatives + j] = if ng == targets[i] {
+                                        -1e9
+                                    } else {
+                                        -p.log_q[ng as usize]
+                                    };
+                                }
+                            }
+                            let pos_l = (pos_l
+                                - Tensor::from_vec(lq_pos, (n, 1), &dev).ctx("lq")?)
+                            .ctx("lq")?;
+                            let neg_l = (neg_l
+                                + Tensor::from_vec(neg_bias, (n, negatives), &dev).ctx("lq")?)
+                            .ctx("lq")?;
+                            let logits = Tensor::cat(&[&pos_l, &neg_l], 1).ctx("cat")?;
+                            cross_entropy(&logits, &vec![0; n])?
+                        }
+                        NextItemLoss::InBatch => unreachable!("handled above"),
+                    }
+                }
+            };
+            parts.push((
+                "next_item".to_string(),
+                loss.to_scalar::<f32>().ctx("loss")?,
+            ));
+            add(&mut total, loss, cfg.next_item)?;
+        }
+    }
+
+    if let Some(it) = intents {
+        let c = it.centroids.as_slice();
+        let u = match users.take() {
+            Some(u) => u,
+            None => {
+                let batch = BatchInput::encode(seqs, enc_cfg.max_len, enc_cfg.time_buckets);
+                let rows = Var::from_tensor(&model.gather_items(&batch)?).ctx("user leaf")?;
+                leaves.push((rows.clone(), batch.items.clone()));
+                model
+                    .forward(&batch, rows.as_tensor(), cx.train.then_some(&mut rng))?
+                    .user
             }
         };
-        parts.push((
-            "next_item".to_string(),
-            loss.to_scalar::<f32>().ctx("loss")?,
-        ));
-        add(&mut total, loss, cfg.next_item)?;
+        let k = c.len() / d;
+        if k < 2 || k * d != c.len() {
+            return Err(Error::Shape(format!(
+                "{} centroid values are not k ≥ 2 rows of dim {d}",
+                c.len()
+            )));
+        }
+        let z = l2_normalize(&u)?;
+        let mu = Tensor::from_slice(c, (k, d), &dev).ctx("centroids")?;
+        let dots = z.matmul(&mu.t().ctx("t")?).ctx("intent dots")?; // b × k
+        if cfg.intent > 0.0 {
+            let labels = match &it.whitened {
+                Some(w) => w.nearest(&z.flatten_all().ctx("z")?.to_vec1::<f32>().ctx("z")?),
+                None => dots
+                    .to_vec2::<f32>()
+                    .ctx("intent")?
+                    .iter()
+                    .map(|row| argmax(row) as u32)
+                    .collect(),
+            };
+            let loss = intent_loss(&dots, &labels, cfg.intent_temperature)?;
+            parts.push(("intent".to_string(), loss.to_scalar::<f32>().ctx("loss")?));
+            add(&mut total, loss, cfg.intent)?;
+        }
+        if cfg.dec > 0.0 {
+            let loss = dec_loss(&dots)?;
+            parts.push(("dec".to_string(), loss.to_scalar::<f32>().ctx("loss")?));
+            add(&mut total, loss, cfg.dec)?;
+        }
     }
 
     if cfg.contrastive > 0.0 {

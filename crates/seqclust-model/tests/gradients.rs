@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 use seqclust_model::{
-    EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Pooling, SeqInput, SeqModel,
-    StepCtx, Vocab, step,
+    EncoderConfig, EncoderKind, Intents, NextItemLoss, ObjectiveConfig, Pooling, SeqInput,
+    SeqModel, StepCtx, Vocab, Whitened, Whitening, step,
 };
 
 struct Data {
@@ -72,6 +72,65 @@ fn tiny(kind: EncoderKind, pooling: Pooling) -> EncoderConfig {
     }
 }
 
+/// A step context with no popularity table.
+fn ctx<'a>(
+    objective: &'a ObjectiveConfig,
+    seed: u64,
+    step: u64,
+    train: bool,
+    intents: Option<&'a Intents>,
+) -> StepCtx<'a> {
+    StepCtx {
+        objective,
+        popularity: None,
+        seed,
+        step,
+        train,
+        intents,
+    }
+}
+
+/// Every dense parameter of `model` has a non-zero gradient in `dense`.
+fn assert_dense_gradients(model: &SeqModel, dense: &[f32], what: &str) {
+    let mut off = 0;
+    for (name, var) in model.vars().unwrap() {
+        let n = var.elem_count();
+        let gn: f32 = dense[off..off + n].iter().map(|v| v * v).sum();
+        assert!(gn > 0.0, "{what}: {name} gets no gradient");
+        off += n;
+    }
+}
+
+/// Central differences of the loss under `cx` w.r.t. every `stride`-th dense parameter,
+/// against the analytic gradient `dense`.
+fn assert_dense_matches_differences(
+    model: &SeqModel,
+    s: &[SeqInput<'_>],
+    cx: &StepCtx<'_>,
+    dense: &[f32],
+    pieces: usize,
+    what: &str,
+) {
+    let w0 = model.dense_values().unwrap();
+    let eps = 1e-2f32;
+    for idx in (0..w0.len()).step_by((w0.len() / pieces).max(1)) {
+        let mut w = w0.clone();
+        w[idx] += eps;
+        model.set_dense_values(&w).unwrap();
+        let up = f64::from(step(model, s, cx).unwrap().loss);
+        w[idx] -= 2.0 * eps;
+        model.set_dense_values(&w).unwrap();
+        let down = f64::from(step(model, s, cx).unwrap().loss);
+        model.set_dense_values(&w0).unwrap();
+        let num = (up - down) / (2.0 * f64::from(eps));
+        let ana = f64::from(dense[idx]);
+        assert!(
+            (num - ana).abs() <= 2e-3 + 0.05 * ana.abs().max(num.abs()),
+            "{what} dense[{idx}]: numeric {num} analytic {ana}"
+        );
+    }
+}
+
 #[test]
 fn every_parameter_gets_a_gradient() {
     let d = data(6, VOCAB.items as u32);
@@ -122,26 +181,9 @@ fn every_parameter_gets_a_gradient() {
     ];
     for (kind, pooling, obj) in cases {
         let model = SeqModel::new(&tiny(kind, pooling), VOCAB, 3).unwrap();
-        let g = step(
-            &model,
-            &s,
-            &StepCtx {
-                objective: &obj,
-                popularity: None,
-                seed: 1,
-                step: 1,
-                train: true,
-            },
-        )
-        .unwrap();
+        let g = step(&model, &s, &ctx(&obj, 1, 1, true, None)).unwrap();
         assert!(g.loss.is_finite() && g.loss > 0.0);
-        let mut off = 0;
-        for (name, var) in model.vars().unwrap() {
-            let n = var.elem_count();
-            let gn: f32 = g.dense[off..off + n].iter().map(|v| v * v).sum();
-            assert!(gn > 0.0, "{kind:?}/{pooling:?}: {name} gets no gradient");
-            off += n;
-        }
+        assert_dense_gradients(&model, &g.dense, &format!("{kind:?}/{pooling:?}"));
         assert!(
             !g.items.ids.is_empty() && g.items.sq_norm() > 0.0,
             "{kind:?}: item table gets no gradient"
@@ -163,34 +205,12 @@ fn gradients_match_finite_differences() {
     ] {
         let obj = ObjectiveConfig::default();
         let model = SeqModel::new(&tiny(kind, Pooling::Last), VOCAB, 11).unwrap();
-        let cx = StepCtx {
-            objective: &obj,
-            popularity: None,
-            seed: 1,
-            step: 1,
-            train: false,
-        };
+        let cx = ctx(&obj, 1, 1, false, None);
         let g = step(&model, &s, &cx).unwrap();
-        let w0 = model.dense_values().unwrap();
         let loss_at = |model: &SeqModel| step(model, &s, &cx).unwrap().loss as f64;
         let eps = 1e-2f32;
         // a spread of dense parameters
-        for idx in (0..w0.len()).step_by((w0.len() / 12).max(1)) {
-            let mut w = w0.clone();
-            w[idx] += eps;
-            model.set_dense_values(&w).unwrap();
-            let up = loss_at(&model);
-            w[idx] -= 2.0 * eps;
-            model.set_dense_values(&w).unwrap();
-            let down = loss_at(&model);
-            model.set_dense_values(&w0).unwrap();
-            let num = (up - down) / (2.0 * f64::from(eps));
-            let ana = f64::from(g.dense[idx]);
-            assert!(
-                (num - ana).abs() <= 2e-3 + 0.05 * ana.abs().max(num.abs()),
-                "{kind:?} dense[{idx}]: numeric {num} analytic {ana}"
-            );
-        }
+        assert_dense_matches_differences(&model, &s, &cx, &g.dense, 12, &format!("{kind:?}"));
         // item rows (tied input and output embeddings)
         let mut model = model;
         for (k, &row) in g.items.ids.iter().enumerate().take(4) {
@@ -231,18 +251,7 @@ fn training_reduces_the_loss_and_is_deterministic() {
         .unwrap();
         let mut losses = Vec::new();
         for st in 1..=40 {
-            let mut g = step(
-                &model,
-                &s,
-                &StepCtx {
-                    objective: &obj,
-                    popularity: None,
-                    seed: 9,
-                    step: st,
-                    train: true,
-                },
-            )
-            .unwrap();
+            let mut g = step(&model, &s, &ctx(&obj, 9, st, true, None)).unwrap();
             losses.push(g.loss);
             opt.apply(&mut model, &mut g, 0.01, Some(5.0)).unwrap();
         }
@@ -286,13 +295,7 @@ fn fused_kernels_match_the_plain_path() {
         let mut plain = SeqModel::new(&cfg, VOCAB, 4).unwrap();
         plain.set_fused(false);
         assert!(fused.fused() && !plain.fused());
-        let cx = StepCtx {
-            objective: &obj,
-            popularity: None,
-            seed: 2,
-            step: 1,
-            train: true,
-        };
+        let cx = ctx(&obj, 2, 1, true, None);
         let (a, b) = (
             step(&fused, &s, &cx).unwrap(),
             step(&plain, &s, &cx).unwrap(),
@@ -330,8 +333,16 @@ fn inference_path_matches_the_plain_path() {
         EncoderKind::Transformer,
         EncoderKind::BiTransformer,
     ] {
-        for pooling in [Pooling::Last, Pooling::Mean] {
-            let cfg = tiny(kind, pooling);
+        for (pooling, hour) in [
+            (Pooling::Last, false),
+            (Pooling::Mean, false),
+            (Pooling::Mean, true),
+        ] {
+            let cfg = EncoderConfig {
+                use_hour: hour,
+                event_heads: hour,
+                ..tiny(kind, pooling)
+            };
             let fused = SeqModel::new(&cfg, VOCAB, 4).unwrap();
             let mut plain = SeqModel::new(&cfg, VOCAB, 4).unwrap();
             plain.set_fused(false);
@@ -347,4 +358,103 @@ fn inference_path_matches_the_plain_path() {
             }
         }
     }
+}
+
+fn behaviour(kind: EncoderKind) -> EncoderConfig {
+    EncoderConfig {
+        use_hour: true,
+        event_heads: true,
+        normalize: true,
+        ..tiny(kind, Pooling::Mean)
+    }
+}
+
+/// Unit centroids `k × 8` for the clustering losses, optionally with an identity whitening.
+fn centroids(k: usize, whiten: bool) -> Intents {
+    let c = unit_rows(k);
+    Intents {
+        whitened: whiten.then(|| Whitened {
+            transform: Whitening {
+                mean: vec![0.0; 8],
+                matrix: (0..64).map(|i| f32::from(u8::from(i % 9 == 0))).collect(),
+            },
+            centroids: c.clone(),
+        }),
+        centroids: c,
+    }
+}
+
+fn unit_rows(k: usize) -> Vec<f32> {
+    let mut c: Vec<f32> = (0..k * 8)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    for row in c.chunks_mut(8) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+    c
+}
+
+/// The next-event heads, the hour embedding and the clustering losses all train.
+#[test]
+fn behaviour_objectives_reach_every_parameter() {
+    let d = data(6, VOCAB.items as u32);
+    let s = seqs(&d);
+    for (kind, whiten) in [(EncoderKind::Gru, true), (EncoderKind::Transformer, false)] {
+        let c = centroids(3, whiten);
+        let model = SeqModel::new(&behaviour(kind), VOCAB, 5).unwrap();
+        let names: Vec<String> = model.vars().unwrap().into_iter().map(|v| v.0).collect();
+        for want in ["emb.hour.weight", "head.action.weight", "head.gap.bias"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        let obj = ObjectiveConfig {
+            next_event: 1.0,
+            intent: 0.5,
+            dec: 0.5,
+            intents: 3,
+            ..Default::default()
+        };
+        obj.validate(model.config()).unwrap();
+        let g = step(&model, &s, &ctx(&obj, 1, 1, true, Some(&c))).unwrap();
+        let parts: Vec<&str> = g.parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(parts, ["next_event", "next_item", "intent", "dec"]);
+        assert!(
+            g.parts.iter().all(|p| p.1.is_finite() && p.1 > 0.0),
+            "{:?}",
+            g.parts
+        );
+        assert_dense_gradients(&model, &g.dense, &format!("{kind:?}"));
+        // without centroids (before the warm-up ends) the clustering losses are left out
+        let g = step(&model, &s, &ctx(&obj, 1, 1, true, None)).unwrap();
+        assert_eq!(g.parts.len(), 2, "{:?}", g.parts);
+    }
+    // the heads are required, and named
+    let e = ObjectiveConfig {
+        next_event: 1.0,
+        ..Default::default()
+    }
+    .validate(&tiny(EncoderKind::Gru, Pooling::Mean))
+    .unwrap_err();
+    assert!(e.to_string().contains("encoder.event_heads"), "{e}");
+}
+
+/// Next-event and intent-contrastive gradients against central differences (DEC's target
+/// distribution is held constant by design, so its loss is not a function finite
+/// differences can check).
+#[test]
+fn behaviour_gradients_match_finite_differences() {
+    let d = data(4, VOCAB.items as u32);
+    let s = seqs(&d);
+    let c = centroids(3, true);
+    let obj = ObjectiveConfig {
+        next_item: 0.0,
+        next_event: 1.0,
+        intent: 1.0,
+        intents: 3,
+        ..Default::default()
+    };
+    let model = SeqModel::new(&behaviour(EncoderKind::Gru), VOCAB, 13).unwrap();
+    let cx = ctx(&obj, 1, 1, false, Some(&c));
+    let g = step(&model, &s, &cx).unwrap();
+    assert_dense_matches_differences(&model, &s, &cx, &g.dense, 16, "behaviour");
 }

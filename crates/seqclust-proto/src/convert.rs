@@ -77,6 +77,9 @@ impl TryFrom<v1::JobSpec> for JobSpec {
                 c.pooling = parse_name("encoder.pooling", &k)?;
             }
             set!(c.normalize, e.normalize);
+            set!(c.use_hour, e.use_hour);
+            set!(c.event_heads, e.event_heads);
+            set!(c.whiten, e.whiten);
         }
         if let Some(o) = p.objective {
             let c = &mut s.objective;
@@ -107,6 +110,13 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.reorder_ratio, o.reorder_ratio);
             set!(c.cloze, o.cloze);
             set!(c.cloze_prob, o.cloze_prob);
+            set!(c.next_event, o.next_event);
+            set!(c.intent, o.intent);
+            set!(c.dec, o.dec);
+            set!(c.intents, o.intents, usize_of);
+            set!(c.intent_temperature, o.intent_temperature);
+            set!(c.cluster_warmup_epochs, o.cluster_warmup_epochs, usize_of);
+            set!(c.intent_whiten, o.intent_whiten);
         }
         if let Some(t) = p.train {
             let c = &mut s.train;
@@ -252,6 +262,9 @@ impl From<&JobSpec> for v1::JobSpec {
                 time_buckets: Some(u32_of(e.time_buckets)),
                 pooling: Some(name_of(&e.pooling)),
                 normalize: Some(e.normalize),
+                use_hour: Some(e.use_hour),
+                event_heads: Some(e.event_heads),
+                whiten: Some(e.whiten),
             }),
             objective: Some(v1::ObjectiveSpec {
                 next_item: Some(o.next_item),
@@ -265,6 +278,13 @@ impl From<&JobSpec> for v1::JobSpec {
                 reorder_ratio: Some(o.reorder_ratio),
                 cloze: Some(o.cloze),
                 cloze_prob: Some(o.cloze_prob),
+                next_event: Some(o.next_event),
+                intent: Some(o.intent),
+                dec: Some(o.dec),
+                intents: Some(u32_of(o.intents)),
+                intent_temperature: Some(o.intent_temperature),
+                cluster_warmup_epochs: Some(u32_of(o.cluster_warmup_epochs)),
+                intent_whiten: Some(o.intent_whiten),
             }),
             train: Some(v1::TrainSpec {
                 epochs: Some(u32_of(t.epochs)),
@@ -432,7 +452,10 @@ mod tests {
     fn a_spec_survives_the_wire() {
         let mut s = JobSpec::from_toml_str(
             "name = \"j\"\n[dataset]\nuri = \"d\"\n[encoder]\nkind = \"gru\"\n\
+             use_hour = true\nevent_heads = true\nwhiten = true\n\
              [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 77 }\n\
+             next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
+             intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
              [kmeans]\nk = 33\nmetric = \"cosine\"\n",
         )
         .unwrap();

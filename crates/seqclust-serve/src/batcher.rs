@@ -176,8 +176,10 @@ fn run(rx: Receiver<Job>, cfg: BatchConfig, metrics: Arc<Metrics>) {
 
 fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
     let d = m.model.config().dim;
+    // items are scored with the raw vectors; clusters live in the model's clustering space
     let vectors = seqclust_trainer::embed(&m.model, seqs, seqs.len())?;
-    let asg = assign(&Points::new(&vectors, d)?, &m.packed);
+    let space = m.model.cluster_vectors(vectors.clone());
+    let asg = assign(&Points::new(&space, d)?, &m.packed);
     let run_id: Arc<str> = Arc::from(m.run_id.as_str());
     let table_rows = m.model.vocab().items;
     let mut out = Vec::with_capacity(seqs.len());
@@ -194,7 +196,7 @@ fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
             items: Vec::new(),
         };
         match *want {
-            Want::Embed => ans.vector = v.to_vec(),
+            Want::Embed => ans.vector = space[i * d..(i + 1) * d].to_vec(),
             Want::Assign => {}
             Want::Recommend(n) => {
                 let table = &m.model.items.values()[..table_rows * d];

@@ -78,22 +78,109 @@ fn deserialize(bytes: &[u8], location: &str) -> Result<Tensors> {
     let st =
         SafeTensors::deserialize(bytes).map_err(|e| Error::checkpoint(location, e.to_string()))?;
     let mut out = HashMap::new();
+    let mut int8 = Vec::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
+        match view.dtype() {
+            Dtype::F32 => {
+                let vals = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                out.insert(name, (view.shape().to_vec(), vals));
+            }
+            // an int8 file (`seqclust quantize`): values with one scale per row in NAME.scale
+            Dtype::I8 => int8.push((name, view.shape().to_vec(), view.data().to_vec())),
+            other => {
+                return Err(Error::checkpoint(
+                    location,
+                    format!("{name} is {other:?}, expected F32 or I8"),
+                ));
+            }
+        }
+    }
+    for (name, shape, data) in int8 {
+        let (ss, scales) = out
+            .remove(&format!("{name}.scale"))
+            .ok_or_else(|| Error::checkpoint(location, format!("int8 {name} has no scales")))?;
+        let [rows, cols] = shape[..] else {
             return Err(Error::checkpoint(
                 location,
-                format!("{name} is {:?}, expected F32", view.dtype()),
+                format!("int8 {name} is not 2-d"),
+            ));
+        };
+        if ss != [rows] {
+            return Err(Error::checkpoint(
+                location,
+                format!("{name}.scale has shape {ss:?} for {rows} rows"),
             ));
         }
-        let vals = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), vals));
+        let q = seqclust_model::quant::Int8Rows {
+            rows,
+            cols,
+            values: data.iter().map(|&b| b as i8).collect(),
+            scales,
+        };
+        out.insert(name, (shape, q.dequantize()));
     }
     Ok(out)
 }
+
+/// An exported model with its item table and weight matrices quantised to int8
+/// (`seqclust_model::quant`): every quantised tensor `NAME` is stored as I8 with its per-row
+/// scales in `NAME.scale`; the rest is f32. [`load_model`] reads it like any model.
+pub fn model_tensors_int8(model: &SeqModel) -> Result<Vec<u8>> {
+    let q = seqclust_model::quant::Int8Model::of(model)?;
+    let mut f32s: Named = model_tensors(model)?
+        .into_iter()
+        .filter(|(n, _, _)| n != "items" && !q.dense.iter().any(|(d, _)| d == n))
+        .collect();
+    let mut i8s: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, rows) in std::iter::once(("items".to_string(), &q.items))
+        .chain(q.dense.iter().map(|(n, r)| (n.clone(), r)))
+    {
+        f32s.push((
+            format!("{name}.scale"),
+            vec![rows.rows],
+            rows.scales.clone(),
+        ));
+        i8s.push((
+            name,
+            vec![rows.rows, rows.cols],
+            rows.values.iter().map(|&v| v as u8).collect(),
+        ));
+    }
+    let bytes: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = f32s
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), Dtype::F32, f32_bytes(v)))
+        .chain(i8s.into_iter().map(|(n, s, v)| (n, s, Dtype::I8, v)))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, t, b)| TensorView::new(*t, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::checkpoint("(being written)", e.to_string()))?;
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::checkpoint("(being written)", e.to_string()))
+}
+
+/// Writes `model/{config.json, encoder.safetensors}` under `run` with the int8 weights of
+/// [`model_tensors_int8`].
+pub async fn save_model_int8(run: &Location, model: &SeqModel, info: &ModelInfo) -> Result<()> {
+    run.put(
+        "model/encoder.safetensors",
+        Bytes::from(model_tensors_int8(model)?),
+    )
+    .await?;
+    let json = serde_json::to_vec_pretty(info)
+        .map_err(|e| Error::checkpoint("model/config.json", e.to_string()))?;
+    run.put("model/config.json", Bytes::from(json)).await?;
+    Ok(())
+}
+
+/// The tensors of the whitening (`encoder.whiten`), when the model has one.
+const WHITEN_MEAN: &str = "whiten.mean";
+const WHITEN_MATRIX: &str = "whiten.matrix";
 
 /// The model's weights as named tensors (dense parameters and `items`).
 pub fn model_tensors(model: &SeqModel) -> Result<Named> {
@@ -112,6 +199,11 @@ pub fn model_tensors(model: &SeqModel) -> Result<Named> {
         vec![model.items.rows(), model.items.dim()],
         model.items.values().to_vec(),
     ));
+    if let Some(w) = model.whitening() {
+        let d = w.dim();
+        out.push((WHITEN_MEAN.into(), vec![d], w.mean.clone()));
+        out.push((WHITEN_MATRIX.into(), vec![d, d], w.matrix.clone()));
+    }
     Ok(out)
 }
 
@@ -146,6 +238,26 @@ pub fn load_weights(model: &mut SeqModel, bytes: &[u8], location: &str) -> Resul
         ));
     }
     model.items = ItemTable::from_values(shape[0], shape[1], vals)?;
+    let d = model.config().dim;
+    let whitening = match (t.remove(WHITEN_MEAN), t.remove(WHITEN_MATRIX)) {
+        (Some((ms, mean)), Some((xs, matrix))) => {
+            if ms != [d] || xs != [d, d] {
+                return Err(Error::checkpoint(
+                    location,
+                    format!("whitening of shape {ms:?} / {xs:?} for dimension {d}"),
+                ));
+            }
+            Some(seqclust_model::Whitening { mean, matrix })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Error::checkpoint(
+                location,
+                "a whitening needs both whiten.mean and whiten.matrix",
+            ));
+        }
+    };
+    model.set_whitening(whitening);
     Ok(())
 }
 
@@ -274,10 +386,13 @@ pub fn model_from_bytes(
     let info: ModelInfo = serde_json::from_slice(config)
         .map_err(|e| Error::checkpoint(format!("{location}/config.json"), e.to_string()))?;
     let mut model = SeqModel::new(&info.encoder, info.vocab, 0)?;
-    load_weights(
-        &mut model,
-        weights,
-        &format!("{location}/encoder.safetensors"),
-    )?;
+    let file = format!("{location}/encoder.safetensors");
+    load_weights(&mut model, weights, &file)?;
+    if info.encoder.whiten && model.whitening().is_none() {
+        return Err(Error::checkpoint(
+            file,
+            "encoder.whiten is set but the model has no whitening (training did not finish?)",
+        ));
+    }
     Ok((model, info))
 }

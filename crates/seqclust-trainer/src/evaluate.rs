@@ -30,6 +30,12 @@ pub fn embed(model: &SeqModel, seqs: &[Owned], batch: usize) -> Result<Vec<f32>>
     Ok(out)
 }
 
+/// The vectors clustering uses for the given sequences: [`embed`], whitened when the model
+/// has a whitening (`encoder.whiten`).
+pub fn embed_for_clusters(model: &SeqModel, seqs: &[Owned], batch: usize) -> Result<Vec<f32>> {
+    Ok(model.cluster_vectors(embed(model, seqs, batch)?))
+}
+
 /// The encode batch of sequences with a mask token appended to each (the position whose state
 /// a bidirectional encoder uses as the user vector).
 fn with_mask_token(seqs: &[SeqInput<'_>], max_len: usize, buckets: usize, mask: u32) -> BatchInput {

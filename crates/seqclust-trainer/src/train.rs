@@ -253,6 +253,38 @@ pub fn train_with(
         } else {
             0
         };
+        let intents = if job.objective.clustering() && epoch >= job.objective.cluster_warmup_epochs
+        {
+            let t = Instant::now();
+            let it = crate::intents::estimate(
+                &model,
+                &ds,
+                rt,
+                group,
+                job.objective.intents,
+                job.objective.intent_whiten,
+                tc.seed ^ epoch as u64,
+            )?;
+            info!(
+                epoch,
+                k = job.objective.intents,
+                inertia = it.inertia_per_user,
+                iterations = it.iterations,
+                "intent centroids"
+            );
+            obs.note(&format!(
+                "epoch {}: {} intents re-estimated in {:.1} s ({} Lloyd iterations, mean cosine distance {:.4}, sizes {:?})",
+                epoch + 1,
+                job.objective.intents,
+                t.elapsed().as_secs_f64(),
+                it.iterations,
+                it.inertia_per_user,
+                it.sizes
+            ));
+            Some(it.intents)
+        } else {
+            None
+        };
         let mut batch_no = 0usize;
         let mut pending: Vec<Owned> = Vec::new();
         let sampler = ShardSampler::new(tc.seed, 0, 1);
@@ -281,6 +313,7 @@ pub fn train_with(
                     seed: tc.seed,
                     step: state.step + 1,
                     train: true,
+                    intents: intents.as_ref(),
                 };
                 let mut g = step(&model, &inputs, &cx)?;
                 average_gradients(group, &mut g)?;
@@ -357,7 +390,14 @@ pub fn train_with(
                 .map_err(|_| Error::checkpoint("validation score", "malformed broadcast"))?;
             score[0] = f32::from_le_bytes(raw);
         }
-        if !score[0].is_nan() {
+        // with clustering losses, only models trained with them are candidates for "best"
+        let eligible =
+            !job.objective.clustering() || epoch + 1 > job.objective.cluster_warmup_epochs;
+        if !score[0].is_nan() && eligible {
+            if job.objective.clustering() && epoch == job.objective.cluster_warmup_epochs {
+                state.best_ndcg10 = None;
+                state.since_best = 0;
+            }
             let ndcg = f64::from(score[0]);
             if state.best_ndcg10.is_none_or(|b| ndcg > b) {
                 state.best_ndcg10 = Some(ndcg);
@@ -386,6 +426,14 @@ pub fn train_with(
         obs.note(&format!(
             "keeping the best validation model (NDCG@10 {:.4})",
             state.best_ndcg10.unwrap_or(0.0)
+        ));
+    }
+    if job.encoder.whiten {
+        let t = Instant::now();
+        crate::intents::fit_whitening(&mut model, &ds, rt, group)?;
+        obs.note(&format!(
+            "whitening of the user vectors estimated in {:.1} s",
+            t.elapsed().as_secs_f64()
         ));
     }
     let test = if lead {

@@ -57,6 +57,7 @@ fn grads(model: &SeqModel, batch: &[SeqInput<'_>]) -> Gradients {
         seed: 3,
         step: 1,
         train: false,
+        intents: None,
     };
     step(model, batch, &cx).unwrap()
 }

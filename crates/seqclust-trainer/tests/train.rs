@@ -154,3 +154,91 @@ fn a_loss_that_blows_up_stops_training_and_keeps_the_last_checkpoint() {
     let latest = rt.block_on(run.get("checkpoints/LATEST")).unwrap();
     assert_eq!(latest, good, "no checkpoint written after the blow-up");
 }
+
+/// Next-event prediction and the clustering losses train end to end; the intents are
+/// re-estimated each epoch after the warm-up, and two ranks estimating them together over the
+/// ring agree with each other and with one rank alone.
+#[test]
+fn clustering_objectives_train_and_intents_are_collective() {
+    use seqclust_collective::{Local, Ring, RingConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ds = dataset(dir.path(), &rt);
+    let run = Location::parse(&dir.path().join("run").display().to_string(), true).unwrap();
+    let mut j = job(&ds);
+    j.encoder.kind = seqclust_model::EncoderKind::Gru;
+    j.encoder.pooling = seqclust_model::Pooling::Mean;
+    j.encoder.use_hour = true;
+    j.encoder.event_heads = true;
+    j.objective.next_event = 1.0;
+    j.objective.intent = 0.5;
+    j.objective.dec = 0.2;
+    j.objective.intents = 4;
+    j.objective.cluster_warmup_epochs = 1;
+    let obs = Quiet::default();
+    let r = seqclust_trainer::train(&j, &run, rt.handle(), &obs).unwrap();
+    let first = &r.log[0];
+    let last = r.log.last().unwrap();
+    let names = |l: &StepLog| l.parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(first), ["next_event", "next_item"], "warm-up epoch");
+    assert_eq!(names(last), ["next_event", "next_item", "intent", "dec"]);
+    let notes = obs.0.lock().unwrap().clone();
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.contains("intents re-estimated"))
+            .count(),
+        1,
+        "{notes:?}"
+    );
+
+    let (model, _) = rt.block_on(seqclust_trainer::load_model(&run)).unwrap();
+    let dsh = rt.block_on(seqclust_data::Dataset::open(&ds)).unwrap();
+    let alone =
+        seqclust_trainer::intents::estimate(&model, &dsh, rt.handle(), &mut Local, 4, true, 7)
+            .unwrap();
+    assert_eq!(alone.sizes.iter().sum::<u64>(), 400);
+    assert!(alone.sizes.iter().all(|&s| s > 0), "{:?}", alone.sizes);
+    let w = alone.intents.whitened.as_ref().unwrap();
+    assert_eq!(
+        (
+            w.transform.mean.len(),
+            w.transform.matrix.len(),
+            w.centroids.len()
+        ),
+        (16, 256, 64)
+    );
+    for row in alone.intents.centroids.chunks(16) {
+        let n: f32 = row.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-4, "unit centroids: {n}");
+    }
+    let listeners: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                let (addrs, model, dsh, h) = (&addrs, &model, &dsh, rt.handle());
+                s.spawn(move || {
+                    let mut ring = Ring::connect(rank, addrs, l, RingConfig::default()).unwrap();
+                    seqclust_trainer::intents::estimate(model, dsh, h, &mut ring, 4, true, 7)
+                        .unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together[0], together[1], "ranks agree exactly");
+    assert_eq!(together[0].sizes, alone.sizes);
+    for (a, b) in together[0]
+        .intents
+        .centroids
+        .iter()
+        .zip(&alone.intents.centroids)
+    {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}

@@ -22,7 +22,9 @@ use seqclust_proto::security::BearerToken;
 use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
 use seqclust_proto::v1::{self, TaskKind};
 use seqclust_proto::{Sample, chunk_offsets, f32s};
-use seqclust_trainer::{EvalLog, Observer, StepLog, embed, load_model, open_dataset, train_with};
+use seqclust_trainer::{
+    EvalLog, Observer, StepLog, embed_for_clusters, load_model, open_dataset, train_with,
+};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metered;
@@ -229,7 +231,7 @@ impl WorkerState {
             }
             let batch = cx.rt.block_on(ds.read_shard(s as usize))?;
             let users = seqclust_trainer::examples::users(&batch);
-            let vectors = embed(&model, &users, 512)?;
+            let vectors = embed_for_clusters(&model, &users, 512)?;
             crate::metrics::USERS
                 .with_label_values(&["embed"])
                 .inc_by(users.len() as u64);

@@ -250,6 +250,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                         seed: 1,
                         step: s as u64 + 1,
                         train: true,
+                        intents: None,
                     },
                 )?;
                 if let Some(ring) = ring.as_mut() {
