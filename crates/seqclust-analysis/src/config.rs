@@ -28,6 +28,10 @@ pub struct AnalysisConfig {
     pub tree_users: usize,
     /// Categories that get their own feature (the most frequent ones).
     pub tree_categories: usize,
+    /// Moves between two categories (consecutive events in different categories) that get
+    /// their own feature, the most frequent ones: the order of a behaviour, which shares of
+    /// categories do not see.
+    pub tree_transitions: usize,
     /// Publish user ids as a keyed hash (HMAC-SHA256) instead of the raw id.
     pub pseudonymize: bool,
     /// Environment variable holding the pseudonymisation key (read by the coordinator and
@@ -48,6 +52,7 @@ impl Default for AnalysisConfig {
             tree_depth: 8,
             tree_users: 40_000,
             tree_categories: 24,
+            tree_transitions: 24,
             pseudonymize: false,
             pseudonym_key_env: "SEQCLUST_PSEUDONYM_KEY".into(),
         }

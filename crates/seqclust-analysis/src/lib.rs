@@ -562,6 +562,51 @@ mod tests {
         assert!(s.rules[1][0].precision > 0.8);
     }
 
+    /// Two clusters that walk the same six categories with the same actions and times, one
+    /// forwards and one backwards: only the category moves tell them apart.
+    #[test]
+    fn the_tree_sees_the_order_of_categories() {
+        let mut b = SequenceBatch::new(false, Vec::new());
+        for u in 0..400u32 {
+            b.begin_user(&format!("u{u}"));
+            for e in 0..12u32 {
+                let step = if u % 2 == 0 { e } else { 6 * 12 - e };
+                let cat = 1 + (u + step) % 6;
+                let ts = (i64::from(u) * 86_400 + i64::from(e) * 60) * 1000;
+                b.push_event(cat * 10 + e % 3, 1, cat, ts, 0, 0.0, std::iter::empty());
+            }
+            b.end_user();
+        }
+        let views: Vec<UserView<'_>> = b
+            .iter()
+            .enumerate()
+            .map(|(i, s)| UserView {
+                seq: s,
+                cluster: (i % 2) as u32,
+                distance: 0.0,
+            })
+            .collect();
+        let actions: Vec<String> = ["<pad>", "view"].map(String::from).to_vec();
+        let (item, cat) = (|i: u32| format!("i{i}"), |c: u32| format!("c{c}"));
+        let names = Names {
+            actions: &actions,
+            item: &item,
+            category: &cat,
+            absolute_time: true,
+        };
+        let fidelity = |tree_transitions: usize| {
+            let c = AnalysisConfig {
+                tree_transitions,
+                ..cfg()
+            };
+            let f = tree::features(&views, names, &c);
+            tree::fit(&views, 2, &f, &c).unwrap().fidelity
+        };
+        let (with, without) = (fidelity(12), fidelity(0));
+        assert!(with >= 0.95, "with the moves: {with}");
+        assert!(without < 0.8, "without the moves: {without}");
+    }
+
     #[test]
     fn pseudonyms_are_keyed_and_stable() {
         let p = Pseudonym::keyed(b"0123456789abcdef");

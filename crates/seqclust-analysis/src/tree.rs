@@ -21,7 +21,9 @@ pub struct Features {
 }
 
 /// Builds the features: activity, session shape, repetition, action mix, the most frequent
-/// categories' shares, time of day and pace (with absolute times), dwell (when present).
+/// categories' shares, how often and along which of the most frequent category pairs the user
+/// moves between categories, time of day and pace (with absolute times), dwell (when
+/// present).
 pub fn features(users: &[UserView<'_>], names: Names<'_>, cfg: &AnalysisConfig) -> Features {
     let n_actions = names.actions.len().max(1);
     let mut cat_counts = rustc_hash::FxHashMap::<u32, u64>::default();
@@ -35,6 +37,22 @@ pub fn features(users: &[UserView<'_>], names: Names<'_>, cfg: &AnalysisConfig) 
     top.truncate(cfg.tree_categories);
     let cat_index: rustc_hash::FxHashMap<u32, usize> =
         top.iter().enumerate().map(|(i, &(c, _))| (c, i)).collect();
+    let mut move_counts = rustc_hash::FxHashMap::<(u32, u32), u64>::default();
+    for u in users {
+        for w in u.seq.categories.windows(2) {
+            if w[0] != w[1] {
+                *move_counts.entry((w[0], w[1])).or_default() += 1;
+            }
+        }
+    }
+    let mut moves: Vec<((u32, u32), u64)> = move_counts.into_iter().collect();
+    moves.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    moves.truncate(cfg.tree_transitions);
+    let move_index: rustc_hash::FxHashMap<(u32, u32), usize> = moves
+        .iter()
+        .enumerate()
+        .map(|(i, &(m, _))| (m, i))
+        .collect();
     let has_dwell = users.iter().any(|u| u.seq.dwell.is_some());
 
     let mut fnames: Vec<String> = vec![
@@ -48,6 +66,14 @@ pub fn features(users: &[UserView<'_>], names: Names<'_>, cfg: &AnalysisConfig) 
     }
     for &(c, _) in &top {
         fnames.push(format!("share in category {}", (names.category)(c)));
+    }
+    fnames.push("share of moves to another category".into());
+    for &((a, b), _) in &moves {
+        fnames.push(format!(
+            "share of moves {} → {}",
+            (names.category)(a),
+            (names.category)(b)
+        ));
     }
     if names.absolute_time {
         for block in [
@@ -89,6 +115,19 @@ pub fn features(users: &[UserView<'_>], names: Names<'_>, cfg: &AnalysisConfig) 
             }
         }
         values.extend(cats.iter().map(|c| c / n));
+        let steps = s.categories.len().saturating_sub(1).max(1) as f64;
+        let mut switched = 0f64;
+        let mut mv = vec![0f64; moves.len()];
+        for w in s.categories.windows(2) {
+            if w[0] != w[1] {
+                switched += 1.0;
+                if let Some(&i) = move_index.get(&(w[0], w[1])) {
+                    mv[i] += 1.0;
+                }
+            }
+        }
+        values.push(switched / steps);
+        values.extend(mv.iter().map(|c| c / steps));
         if names.absolute_time {
             let mut blocks = [0f64; 4];
             for &t in s.timestamps {

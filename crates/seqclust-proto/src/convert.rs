@@ -201,6 +201,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.tree_depth, a.tree_depth, usize_of);
             set!(c.tree_users, a.tree_users, usize_of);
             set!(c.tree_categories, a.tree_categories, usize_of);
+            set!(c.tree_transitions, a.tree_transitions, usize_of);
             set!(c.pseudonymize, a.pseudonymize);
             set!(c.pseudonym_key_env, a.pseudonym_key_env);
         }
@@ -339,6 +340,7 @@ impl From<&JobSpec> for v1::JobSpec {
                 tree_depth: Some(u32_of(s.analysis.tree_depth)),
                 tree_users: Some(u32_of(s.analysis.tree_users)),
                 tree_categories: Some(u32_of(s.analysis.tree_categories)),
+                tree_transitions: Some(u32_of(s.analysis.tree_transitions)),
                 pseudonymize: Some(s.analysis.pseudonymize),
                 pseudonym_key_env: Some(s.analysis.pseudonym_key_env.clone()),
             }),
@@ -456,7 +458,7 @@ mod tests {
              [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 77 }\n\
              next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
              intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
-             [kmeans]\nk = 33\nmetric = \"cosine\"\n",
+             [kmeans]\nk = 33\nmetric = \"cosine\"\n[analysis]\ntree_transitions = 5\n",
         )
         .unwrap();
         s.resources.min_workers = 2;
