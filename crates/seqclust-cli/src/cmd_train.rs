@@ -98,6 +98,10 @@ pub struct TrainArgs {
     /// Users evaluated (0 = all).
     #[arg(long)]
     eval_users: Option<usize>,
+    /// Initialise the sequence layers from another run's model (a run directory or URL
+    /// holding model/); the item table starts fresh.
+    #[arg(long)]
+    init_from: Option<String>,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -197,6 +201,9 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     set!(a.seed, t.seed);
     set!(a.patience, t.patience);
     set!(a.eval_users, t.eval_users);
+    if let Some(s) = &a.init_from {
+        t.init_from = s.clone();
+    }
     job.validate()?;
     Ok(job)
 }

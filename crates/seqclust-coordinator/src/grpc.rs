@@ -117,6 +117,9 @@ impl JobService for JobApi {
         if std::path::Path::new(&spec.dataset.uri).exists() {
             absolutize(&mut spec.dataset.uri);
         }
+        if !spec.train.init_from.trim().is_empty() {
+            absolutize(&mut spec.train.init_from);
+        }
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = (!req.idempotency_key.trim().is_empty()).then_some(req.idempotency_key);

@@ -133,6 +133,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.eval_users, t.eval_users, usize_of);
             set!(c.checkpoint_every, t.checkpoint_every);
             set!(c.log_every, t.log_every);
+            set!(c.init_from, t.init_from);
         }
         if let Some(k) = p.kmeans {
             let c = &mut s.kmeans;
@@ -301,6 +302,7 @@ impl From<&JobSpec> for v1::JobSpec {
                 eval_users: Some(u32_of(t.eval_users)),
                 checkpoint_every: Some(t.checkpoint_every),
                 log_every: Some(t.log_every),
+                init_from: Some(t.init_from.clone()),
             }),
             kmeans: Some(v1::KMeansSpec {
                 k: Some(u32_of(k.k)),
@@ -458,7 +460,8 @@ mod tests {
              [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 77 }\n\
              next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
              intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
-             [kmeans]\nk = 33\nmetric = \"cosine\"\n[analysis]\ntree_transitions = 5\n",
+             [kmeans]\nk = 33\nmetric = \"cosine\"\n[train]\ninit_from = \"runs/a\"\n\
+             [analysis]\ntree_transitions = 5\n",
         )
         .unwrap();
         s.resources.min_workers = 2;

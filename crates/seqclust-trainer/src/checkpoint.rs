@@ -367,6 +367,64 @@ pub async fn save_model(run: &Location, model: &SeqModel, info: &ModelInfo) -> R
     Ok(())
 }
 
+/// What [`init_from`] took from the source model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// The source's model directory.
+    pub source: String,
+    /// Dense tensors copied from it.
+    pub copied: Vec<String>,
+    /// Dense tensors left at their fresh initialisation.
+    pub fresh: Vec<String>,
+}
+
+/// Tensors that mean something only on the dataset the model was trained on: the category
+/// embedding and head (ids of another catalogue). The item table is not a dense tensor and is
+/// never copied.
+fn dataset_bound(name: &str) -> bool {
+    name.starts_with("emb.category") || name.starts_with("head.category")
+}
+
+/// Initialises `model` from the model of another run at `source` (a run holding `model/`):
+/// every dense tensor with the same name and shape that is not bound to the source's
+/// catalogue is copied; the rest keep their values. It is an error when nothing fits (an
+/// encoder of another kind, size or depth).
+pub async fn init_from(model: &mut SeqModel, source: &Location) -> Result<Transfer> {
+    let file = source.display_of("model/encoder.safetensors");
+    let mut t = deserialize(&source.get("model/encoder.safetensors").await?, &file)?;
+    let (mut dense, mut copied, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+    let conv = seqclust_model::Error::from_candle("init_from");
+    for (name, var) in model.vars()? {
+        match t.remove(&name) {
+            Some((shape, vals)) if shape == var.dims() && !dataset_bound(&name) => {
+                dense.extend(vals);
+                copied.push(name);
+            }
+            _ => {
+                dense.extend(
+                    var.flatten_all()
+                        .map_err(&conv)?
+                        .to_vec1::<f32>()
+                        .map_err(&conv)?,
+                );
+                fresh.push(name);
+            }
+        }
+    }
+    if copied.is_empty() {
+        return Err(Error::config(
+            "train.init_from",
+            format!("no tensor of {file} fits this encoder (another kind, dim or depth?)"),
+        ));
+    }
+    model.set_dense_values(&dense)?;
+    Ok(Transfer {
+        source: source.display_of("model"),
+        copied,
+        fresh,
+    })
+}
+
 /// Loads a model written by [`save_model`].
 pub async fn load_model(run: &Location) -> Result<(SeqModel, ModelInfo)> {
     model_from_bytes(

@@ -54,6 +54,11 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Log a step line every this many steps.
     pub log_every: u64,
+    /// Start from another run's model (a run directory or URL holding `model/`): its sequence
+    /// layers — every dense tensor whose name and shape fit, except the category embedding
+    /// and head — are copied; the item table and the rest start fresh (cross-domain
+    /// transfer). Empty: a fresh model. A run that resumes from its own checkpoint ignores it.
+    pub init_from: String,
 }
 
 impl Default for TrainConfig {
@@ -72,6 +77,7 @@ impl Default for TrainConfig {
             eval_users: 0,
             checkpoint_every: 0,
             log_every: 50,
+            init_from: String::new(),
         }
     }
 }

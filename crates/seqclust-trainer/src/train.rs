@@ -13,7 +13,9 @@ use seqclust_model::{
     step,
 };
 
-use crate::checkpoint::{ModelInfo, TrainState, load_latest, save_checkpoint, save_model};
+use crate::checkpoint::{
+    ModelInfo, TrainState, init_from, load_latest, save_checkpoint, save_model,
+};
 use crate::config::TrainJob;
 use crate::data_parallel::{average_gradients, shard_of};
 use crate::error::{Error, Result};
@@ -216,6 +218,20 @@ pub fn train_with(
             s.step, s.epoch, s.batches_in_epoch
         ));
         state = s;
+    } else if !tc.init_from.trim().is_empty() {
+        let source = Location::parse(tc.init_from.trim(), false)?;
+        let t = rt.block_on(init_from(&mut model, &source))?;
+        obs.note(&format!(
+            "initialised {} of {} dense tensors from {} (fresh: {})",
+            t.copied.len(),
+            t.copied.len() + t.fresh.len(),
+            t.source,
+            if t.fresh.is_empty() {
+                "none".to_string()
+            } else {
+                t.fresh.join(", ")
+            }
+        ));
     }
     let users_total = ds.manifest().counts.users as usize;
     let steps_per_epoch = users_total.div_ceil(tc.batch_size).max(1) as u64;

@@ -1,5 +1,6 @@
 //! The trainer end to end on a small generated dataset: training, evaluation, checkpoints,
-//! resume, incompatible checkpoints, and a loss that blows up.
+//! resume, incompatible checkpoints, a loss that blows up, clustering objectives, and
+//! initialising from another run's model.
 #![allow(clippy::unwrap_used)] // tests fail loudly on any error
 
 use std::sync::Mutex;
@@ -19,13 +20,24 @@ impl Observer for Quiet {
 }
 
 fn dataset(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> String {
+    dataset_of(dir, rt, 300, 42)
+}
+
+/// A generated dataset of 400 users over `items` items (10 categories).
+fn dataset_of(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    items: u32,
+    seed: u64,
+) -> String {
     let csv = dir.join("ev.csv");
     seqclust_data::generator::generate_to_files(
         &seqclust_data::generator::GenConfig {
             users: 400,
-            items: 300,
+            items,
             categories: 10,
             mean_events: 12.0,
+            seed,
             ..Default::default()
         },
         &csv,
@@ -241,4 +253,82 @@ fn clustering_objectives_train_and_intents_are_collective() {
     {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
+}
+
+/// `train.init_from` copies the sequence layers of another dataset's model and leaves the
+/// item table and the category tensors fresh; a model that does not fit is refused.
+#[test]
+fn init_from_copies_the_sequence_layers_of_another_run() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ds_a, ds_b) = (
+        dataset_of(a.path(), &rt, 300, 1),
+        dataset_of(b.path(), &rt, 450, 2),
+    );
+    let src = a.path().join("run");
+    let src_loc = Location::parse(&src.display().to_string(), true).unwrap();
+    let mut j = job(&ds_a);
+    j.train.epochs = 1;
+    j.train.eval_every = 0;
+    seqclust_trainer::train(&j, &src_loc, rt.handle(), &Quiet::default()).unwrap();
+    let (source, _) = rt.block_on(seqclust_trainer::load_model(&src_loc)).unwrap();
+
+    let mut t = job(&ds_b);
+    t.train.epochs = 1;
+    t.train.eval_every = 0;
+    // a learning rate too small to move the weights: the result is the initialisation
+    t.train.lr = 1e-9;
+    t.train.init_from = src.display().to_string();
+    let run = Location::parse(&b.path().join("run").display().to_string(), true).unwrap();
+    let obs = Quiet::default();
+    seqclust_trainer::train(&t, &run, rt.handle(), &obs).unwrap();
+    let (model, _) = rt.block_on(seqclust_trainer::load_model(&run)).unwrap();
+    assert_ne!(model.items.rows(), source.items.rows());
+    let values = |m: &seqclust_model::SeqModel| -> std::collections::HashMap<String, Vec<f32>> {
+        m.vars()
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect()
+    };
+    let (got, had) = (values(&model), values(&source));
+    let mut copied = 0;
+    for (name, v) in &got {
+        let gap = v
+            .iter()
+            .zip(&had[name])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        if name.starts_with("emb.category") {
+            assert!(gap > 1e-3, "{name} was copied from another catalogue");
+        } else {
+            assert!(gap < 1e-4, "{name} differs from the source by {gap}");
+            copied += 1;
+        }
+    }
+    assert!(copied >= 4, "{copied} tensors copied");
+    let notes = obs.0.lock().unwrap().clone();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("initialised") && n.contains("emb.category")),
+        "{notes:?}"
+    );
+
+    // another dimension: nothing fits, and the error names the setting
+    let mut wide = t.clone();
+    wide.encoder.dim = 24;
+    let other = Location::parse(&b.path().join("wide").display().to_string(), true).unwrap();
+    let e = seqclust_trainer::train(&wide, &other, rt.handle(), &Quiet::default()).unwrap_err();
+    assert!(e.to_string().contains("train.init_from"), "{e}");
+    // a source that is not there is named
+    let mut gone = t.clone();
+    gone.train.init_from = a.path().join("nope").display().to_string();
+    let other = Location::parse(&b.path().join("gone").display().to_string(), true).unwrap();
+    let e = seqclust_trainer::train(&gone, &other, rt.handle(), &Quiet::default()).unwrap_err();
+    let chain: Vec<String> =
+        std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+    assert!(chain.iter().any(|m| m.contains("nope")), "{chain:?}");
 }
