@@ -523,18 +523,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn profiles_lift_and_the_surrogate_tree_explain_planted_clusters() {
-        let b = batch();
-        let views: Vec<UserView<'_>> = b
-            .iter()
+    /// The batch's users, even ones in cluster 0 and odd ones in cluster 1.
+    fn alternating(b: &SequenceBatch) -> Vec<UserView<'_>> {
+        b.iter()
             .enumerate()
             .map(|(i, s)| UserView {
                 seq: s,
                 cluster: (i % 2) as u32,
                 distance: (i % 7) as f32,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn profiles_lift_and_the_surrogate_tree_explain_planted_clusters() {
+        let b = batch();
+        let views = alternating(&b);
         let actions: Vec<String> = ["<pad>", "view", "click", "fav", "cart", "buy"]
             .map(String::from)
             .to_vec();
@@ -577,15 +581,7 @@ mod tests {
             }
             b.end_user();
         }
-        let views: Vec<UserView<'_>> = b
-            .iter()
-            .enumerate()
-            .map(|(i, s)| UserView {
-                seq: s,
-                cluster: (i % 2) as u32,
-                distance: 0.0,
-            })
-            .collect();
+        let views = alternating(&b);
         let actions: Vec<String> = ["<pad>", "view"].map(String::from).to_vec();
         let (item, cat) = (|i: u32| format!("i{i}"), |c: u32| format!("c{c}"));
         let names = Names {
