@@ -255,6 +255,17 @@ pub fn print_job(j: &v1::Job) {
 
 /// Prints the job's phases and progress as they change; fails if the job does not succeed.
 pub async fn follow(client: &mut JobClient, id: &str) -> Result<v1::Job> {
+    let j = wait(client, id, true).await?;
+    match phase_of(&j) {
+        Ok(Phase::Succeeded) => Ok(j),
+        Ok(p) => bail!("job {} ended {p}: {}", j.id, j.error),
+        Err(e) => bail!("job {}: {e}", j.id),
+    }
+}
+
+/// Waits for the job to end (printing its phases and progress when `print`) and returns it,
+/// whatever its end; fails only when the watch does.
+pub async fn wait(client: &mut JobClient, id: &str, print: bool) -> Result<v1::Job> {
     let t0 = Instant::now();
     let mut stream = client
         .watch_job(v1::WatchJobRequest { id: id.to_string() })
@@ -279,15 +290,12 @@ pub async fn follow(client: &mut JobClient, id: &str) -> Result<v1::Job> {
             }
         );
         if line != last_line {
-            println!("[{:>7.1}s] {line}", t0.elapsed().as_secs_f64());
+            if print {
+                println!("[{:>7.1}s] {line}", t0.elapsed().as_secs_f64());
+            }
             last_line = line;
         }
         last = Some(j);
     }
-    let j = last.context("the watch ended before any update")?;
-    match phase_of(&j) {
-        Ok(Phase::Succeeded) => Ok(j),
-        Ok(p) => bail!("job {} ended {p}: {}", j.id, j.error),
-        Err(e) => bail!("job {}: {e}", j.id),
-    }
+    last.context("the watch ended before any update")
 }

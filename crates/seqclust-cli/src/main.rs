@@ -13,6 +13,7 @@ mod cmd_runs;
 mod cmd_serve;
 mod cmd_service;
 mod cmd_train;
+mod cmd_tune;
 mod progress;
 mod summary;
 
@@ -52,6 +53,8 @@ enum Cmd {
     Cluster(Box<cmd_cluster::ClusterArgs>),
     /// Run a whole job here: in-process coordinator, local worker processes.
     Run(cmd_run::RunArgs),
+    /// Search hyper-parameters (random search or ASHA); every trial is a job.
+    Tune(Box<cmd_tune::TuneArgs>),
     /// Run the coordinator (job API, worker registry, job driver).
     Coordinator(cmd_service::CoordinatorArgs),
     /// Run a worker that registers with a coordinator.
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Quantize(a) => cmd_quality::run_quantize(*a, &rt),
         Cmd::Cluster(a) => cmd_cluster::run(*a),
         Cmd::Run(a) => cmd_run::run(a, &rt),
+        Cmd::Tune(a) => cmd_tune::run(*a, &rt),
         Cmd::Coordinator(a) => cmd_service::run_coordinator(a, cli.log_json, &rt),
         Cmd::Worker(a) => cmd_service::run_worker(a, cli.log_json, &rt),
         Cmd::Config(a) => cmd_service::run_config(a),

@@ -665,3 +665,88 @@ fn eval_clustering_scores_encoder_and_baselines() {
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["method"], "encoder run8");
 }
+
+/// `seqclust tune` on the embedded coordinator: three trials of one epoch, the best
+/// continued to three (its run starts at epoch 2), the search committed as a run with the
+/// best configuration; a bad space is refused by name before anything is written.
+#[test]
+fn tune_runs_asha_trials_as_jobs_and_commits_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"tiny\"\n[sample_data]\nusers = 600\nseed = 3\n\
+         [dataset]\nuri = \"tiny\"\nroot = \"data\"\n\
+         [encoder]\nkind = \"gru\"\ndim = 16\nlayers = 1\nmax_len = 20\npooling = \"mean\"\n\
+         [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 32 }\n\
+         [train]\nepochs = 3\nbatch_size = 64\nwarmup_steps = 2\neval_users = 200\n\
+         [kmeans]\nk = 4\nalgorithm = \"lloyd\"\nmetric = \"cosine\"\n\
+         [analysis]\ntree_depth = 3\n[recommend]\neval_users = 200\n",
+    )
+    .unwrap();
+    let tune = "[tune]\nbase = \"job.toml\"\ntrials = 3\nmin_epochs = 1\neta = 3\n\
+                metric = \"valid.full.ndcg.10\"\n[tune.space]\n";
+    std::fs::write(
+        d.join("bad.toml"),
+        format!("{tune}\"encoder.dimm\" = {{ values = [8] }}\n"),
+    )
+    .unwrap();
+    let bad = seqclust(&["tune", "bad.toml", "--workers", "1"], d);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("encoder.dimm"), "{err}");
+    assert!(!d.join("data").exists(), "a refused tune wrote something");
+
+    std::fs::write(
+        d.join("tune.toml"),
+        format!("{tune}\"train.lr\" = {{ log_uniform = [1e-3, 1e-2] }}\n\"encoder.dim\" = {{ values = [8, 16] }}\n"),
+    )
+    .unwrap();
+    let out = ok(&seqclust(&["tune", "tune.toml", "--workers", "1"], d));
+    assert!(out.contains("best: t0"), "{out}");
+    let runs = d.join("data/runs");
+    let tune_run = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("tiny-tune-") && !n.starts_with("tiny-tune-t")
+        })
+        .unwrap();
+    assert!(tune_run.join("_MANIFEST.json").exists());
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tune_run.join("tune.json")).unwrap()).unwrap();
+    let s = &doc["summary"];
+    assert_eq!(s["trials"], 3);
+    assert_eq!(s["jobs"], 4, "three first rungs and one promotion: {s}");
+    assert_eq!(s["epochs_trained"], 5, "{s}");
+    assert_eq!(s["best"]["rung"], 1, "{s}");
+    let best = &s["best"];
+    let best_trial = best["trial"].as_u64().unwrap() as usize;
+    let trial = &doc["trials"][best_trial];
+    assert_eq!(trial["rungs"].as_array().unwrap().len(), 2, "{trial}");
+    // the promoted run continued the first one: its validations are epochs 2 and 3
+    let cont = std::path::PathBuf::from(best["run"].as_str().unwrap());
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cont.join("metrics.json")).unwrap()).unwrap();
+    let epochs: Vec<u64> = m["evals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["split"] == "valid")
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![2, 3]);
+    let csv = std::fs::read_to_string(tune_run.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let best_toml = std::fs::read_to_string(tune_run.join("best.toml")).unwrap();
+    let spec = seqclust_job::JobSpec::from_toml_str(&best_toml).unwrap();
+    assert_eq!(spec.name, "tiny");
+    assert_eq!(spec.train.stop_after_epochs, 0);
+    assert!(spec.train.resume_from.is_empty());
+    assert_eq!(
+        serde_json::json!(spec.encoder.dim),
+        trial["params"]["encoder.dim"]
+    );
+    assert!(d.join("data/latest/tiny-tune").exists());
+}

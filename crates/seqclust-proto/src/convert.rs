@@ -134,6 +134,8 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.checkpoint_every, t.checkpoint_every);
             set!(c.log_every, t.log_every);
             set!(c.init_from, t.init_from);
+            set!(c.resume_from, t.resume_from);
+            set!(c.stop_after_epochs, t.stop_after_epochs, usize_of);
         }
         if let Some(k) = p.kmeans {
             let c = &mut s.kmeans;
@@ -303,6 +305,8 @@ impl From<&JobSpec> for v1::JobSpec {
                 checkpoint_every: Some(t.checkpoint_every),
                 log_every: Some(t.log_every),
                 init_from: Some(t.init_from.clone()),
+                resume_from: Some(t.resume_from.clone()),
+                stop_after_epochs: Some(u32_of(t.stop_after_epochs)),
             }),
             kmeans: Some(v1::KMeansSpec {
                 k: Some(u32_of(k.k)),
@@ -460,7 +464,7 @@ mod tests {
              [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 77 }\n\
              next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
              intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
-             [kmeans]\nk = 33\nmetric = \"cosine\"\n[train]\ninit_from = \"runs/a\"\n\
+             [kmeans]\nk = 33\nmetric = \"cosine\"\n[train]\nepochs = 6\nresume_from = \"runs/a\"\nstop_after_epochs = 2\n\
              [analysis]\ntree_transitions = 5\n",
         )
         .unwrap();

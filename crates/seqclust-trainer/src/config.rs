@@ -59,6 +59,16 @@ pub struct TrainConfig {
     /// and head — are copied; the item table and the rest start fresh (cross-domain
     /// transfer). Empty: a fresh model. A run that resumes from its own checkpoint ignores it.
     pub init_from: String,
+    /// Continue another run's training (a run directory or URL holding `checkpoints/`): its
+    /// latest checkpoint — weights, optimiser moments, step, epoch and early-stopping state —
+    /// is restored and training goes on toward `epochs`. The encoder and the dataset must be
+    /// the ones it was trained with. A run with a checkpoint of its own resumes from that
+    /// instead. `seqclust tune` promotes a trial to a larger budget this way.
+    pub resume_from: String,
+    /// End training after this many epochs of the schedule (0: `epochs`). The learning-rate
+    /// schedule still spans `epochs`, so a run stopped here and continued with `resume_from`
+    /// trains exactly as one run would: the budget of a successive-halving rung.
+    pub stop_after_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +88,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             log_every: 50,
             init_from: String::new(),
+            resume_from: String::new(),
+            stop_after_epochs: 0,
         }
     }
 }
@@ -133,6 +145,21 @@ impl TrainJob {
             return Err(Error::config(
                 "train.weight_decay",
                 "weight_decay and clip_norm must be >= 0",
+            ));
+        }
+        if t.stop_after_epochs > t.epochs {
+            return Err(Error::config(
+                "train.stop_after_epochs",
+                format!(
+                    "{} is more than train.epochs = {} (the schedule's length)",
+                    t.stop_after_epochs, t.epochs
+                ),
+            ));
+        }
+        if !t.init_from.trim().is_empty() && !t.resume_from.trim().is_empty() {
+            return Err(Error::config(
+                "train.resume_from",
+                "give init_from (new training from another run's layers) or resume_from (continued training), not both",
             ));
         }
         if t.log_every == 0 {

@@ -218,6 +218,22 @@ pub fn train_with(
             s.step, s.epoch, s.batches_in_epoch
         ));
         state = s;
+    } else if !tc.resume_from.trim().is_empty() {
+        let source = Location::parse(tc.resume_from.trim(), false)?;
+        let s = rt
+            .block_on(load_latest(&source, &mut model, &mut opt))?
+            .ok_or_else(|| {
+                Error::config(
+                    "train.resume_from",
+                    format!("{source} holds no checkpoint (checkpoints/LATEST) to continue from"),
+                )
+            })?;
+        obs.note(&format!(
+            "continuing {source} from step {} (epoch {}, batch {})",
+            s.step, s.epoch, s.batches_in_epoch
+        ));
+        state = s;
+        state.model = info.clone();
     } else if !tc.init_from.trim().is_empty() {
         let source = Location::parse(tc.init_from.trim(), false)?;
         let t = rt.block_on(init_from(&mut model, &source))?;
@@ -263,7 +279,11 @@ pub fn train_with(
     let mut stopped_early = false;
     let mut window = (Instant::now(), 0usize);
     let start_epoch = state.epoch;
-    for epoch in start_epoch..tc.epochs {
+    let end_epoch = match tc.stop_after_epochs {
+        0 => tc.epochs,
+        n => n.min(tc.epochs),
+    };
+    for epoch in start_epoch..end_epoch {
         let skip = if epoch == start_epoch {
             state.batches_in_epoch
         } else {

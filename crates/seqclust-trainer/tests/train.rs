@@ -332,3 +332,61 @@ fn init_from_copies_the_sequence_layers_of_another_run() {
             .collect();
     assert!(chain.iter().any(|m| m.contains("nope")), "{chain:?}");
 }
+
+/// A run stopped after one epoch of a three-epoch schedule (`train.stop_after_epochs`) and
+/// continued by another run (`train.resume_from`) ends with the model one uninterrupted
+/// three-epoch run trains; a source without a checkpoint is refused by name.
+#[test]
+fn a_stopped_run_continued_elsewhere_equals_one_run() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset_of(dir.path(), &rt, 300, 1);
+    let loc = |name: &str| Location::parse(&dir.path().join(name).display().to_string(), true);
+    let mut j = job(&ds);
+    j.train.epochs = 3;
+    j.train.eval_every = 0;
+    let whole = loc("whole").unwrap();
+    let r = seqclust_trainer::train(&j, &whole, rt.handle(), &Quiet::default()).unwrap();
+    assert_eq!(r.epochs, 3);
+
+    let mut first = j.clone();
+    first.train.stop_after_epochs = 1;
+    let a = loc("rung-0").unwrap();
+    let r = seqclust_trainer::train(&first, &a, rt.handle(), &Quiet::default()).unwrap();
+    assert_eq!(r.epochs, 1);
+    let mut rest = j.clone();
+    rest.train.resume_from = dir.path().join("rung-0").display().to_string();
+    let b = loc("rung-1").unwrap();
+    let obs = Quiet::default();
+    let r = seqclust_trainer::train(&rest, &b, rt.handle(), &obs).unwrap();
+    assert_eq!(r.epochs, 3);
+    assert!(
+        obs.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("continuing")),
+        "{:?}",
+        obs.0.lock().unwrap()
+    );
+    let (one, _) = rt.block_on(seqclust_trainer::load_model(&whole)).unwrap();
+    let (two, _) = rt.block_on(seqclust_trainer::load_model(&b)).unwrap();
+    let (x, y) = (one.dense_values().unwrap(), two.dense_values().unwrap());
+    let gap = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(gap < 1e-5, "continued training differs by {gap}");
+
+    let mut none = j.clone();
+    none.train.resume_from = dir.path().join("whole/model").display().to_string();
+    let e = seqclust_trainer::train(&none, &loc("x").unwrap(), rt.handle(), &Quiet::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("train.resume_from"), "{e}");
+    let mut long = j.clone();
+    long.train.stop_after_epochs = 4;
+    let e = seqclust_trainer::train(&long, &loc("y").unwrap(), rt.handle(), &Quiet::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("train.stop_after_epochs"), "{e}");
+}
