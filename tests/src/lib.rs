@@ -149,6 +149,11 @@ impl TestCluster {
 
     /// Adds a `seqclust worker` process (one compute thread); returns its index.
     pub fn add_process_worker(&mut self) -> usize {
+        self.add_process_worker_with_env(&[])
+    }
+
+    /// Adds a `seqclust worker` process with extra environment (fault hooks); its index.
+    pub fn add_process_worker_with_env(&mut self, env: &[(&str, &str)]) -> usize {
         let log = self
             .root
             .path()
@@ -157,6 +162,7 @@ impl TestCluster {
             .args(["worker", "--coordinator", &self.url(), "--threads", "1"])
             .args(["--collective-timeout", "10", "--connect-timeout", "30"])
             .env("SEQCLUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -190,12 +196,24 @@ impl TestCluster {
 
     /// Waits until `n` workers hold a lease.
     pub fn wait_workers(&self, n: usize) {
+        self.wait_registered(
+            |have| have >= n,
+            &format!("fewer than {n} workers registered"),
+        );
+    }
+
+    /// Waits until exactly `n` workers hold a lease (a dead one's lease has expired).
+    pub fn wait_workers_exactly(&self, n: usize) {
+        self.wait_registered(
+            |have| have == n,
+            &format!("not exactly {n} workers registered"),
+        );
+    }
+
+    fn wait_registered(&self, done: impl Fn(usize) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.rt.block_on(self.meta.list("workers/")).unwrap().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} workers registered"
-            );
+        while !done(self.rt.block_on(self.meta.list("workers/")).unwrap().len()) {
+            assert!(Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -409,4 +427,34 @@ pub fn seqclust_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// user → cluster over every assignment shard of a job's (local) run.
+pub fn assignments(j: &v1::Job) -> std::collections::HashMap<String, u32> {
+    let dir = PathBuf::from(&j.run_uri).join("clusters/assignments");
+    let mut out = std::collections::HashMap::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let (ids, c) = seqclust_data::embeddings::read_assignments(&f).unwrap();
+        out.extend(ids.into_iter().zip(c));
+    }
+    out
+}
+
+/// Adjusted Rand index of two assignments of the same users.
+pub fn ari(
+    a: &std::collections::HashMap<String, u32>,
+    b: &std::collections::HashMap<String, u32>,
+) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut ua, mut ub) = (Vec::new(), Vec::new());
+    for (u, c) in a {
+        ua.push(u64::from(*c));
+        ub.push(u64::from(b[u]));
+    }
+    seqclust_kmeans::adjusted_rand_index(&ua, &ub)
 }

@@ -1,19 +1,18 @@
 //! The distributed runtime end to end on loopback gRPC, with in-process workers.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use seqclust_data::embeddings::read_assignments;
 use seqclust_data::store::sha256_hex;
 use seqclust_job::Phase;
-use seqclust_kmeans::{Packed, PartialStats, Points, accumulate, adjusted_rand_index};
+use seqclust_kmeans::{Packed, PartialStats, Points, accumulate};
 use seqclust_proto::convert::phase_of;
 use seqclust_proto::v1::worker_service_client::WorkerServiceClient;
 use seqclust_proto::v1::{self, TaskKind};
 use seqclust_proto::{PROTOCOL_VERSION, Sample, f32s};
-use seqclust_tests::TestCluster;
+use seqclust_tests::{TestCluster, ari, assignments};
 
 const MINUTES: Duration = Duration::from_secs(240);
 
@@ -23,22 +22,6 @@ fn run_dir(j: &v1::Job) -> PathBuf {
 
 fn manifest(j: &v1::Job) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run_dir(j).join("_MANIFEST.json")).unwrap()).unwrap()
-}
-
-/// user → cluster over every assignment shard of a run.
-fn assignments(j: &v1::Job) -> HashMap<String, u32> {
-    let dir = run_dir(j).join("clusters/assignments");
-    let mut out = HashMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        let (ids, c) = read_assignments(&f).unwrap();
-        out.extend(ids.into_iter().zip(c));
-    }
-    out
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
@@ -68,17 +51,6 @@ fn max_relative(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
             f64::from(diff / scale)
         })
         .fold(0.0, f64::max)
-}
-
-fn ari(a: &HashMap<String, u32>, b: &HashMap<String, u32>) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mut ua = Vec::new();
-    let mut ub = Vec::new();
-    for (u, c) in a {
-        ua.push(u64::from(*c));
-        ub.push(u64::from(b[u]));
-    }
-    adjusted_rand_index(&ua, &ub)
 }
 
 #[test]

@@ -273,3 +273,207 @@ fn tls_mutual_tls_and_tokens_admit_only_valid_credentials() {
     let _ = stop.send(true);
     rt.block_on(running.join());
 }
+
+/// 100 concurrent SubmitJob calls from 10 clients (their own tokens): each client gets its
+/// burst and then ResourceExhausted, nothing else fails, and only the admitted jobs exist.
+/// With `max_pending_jobs`, submits beyond the bound are refused the same way, while a retry
+/// of an admitted idempotency key still answers its job.
+#[test]
+fn submit_rate_and_pending_limits_refuse_with_resource_exhausted_only() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = make_dataset(&rt, d, "lim", 200);
+    let tokens = d.join("tokens");
+    let names: Vec<String> = (0..10).map(|i| format!("client-{i}-token")).collect();
+    std::fs::write(&tokens, names.join("\n")).unwrap();
+    let start = |rate: f64, burst: u32, pending: usize| {
+        let security = Security::from_config(
+            &TlsConfig::default(),
+            &AuthConfig {
+                tokens_file: Some(tokens.clone()),
+            },
+        )
+        .unwrap();
+        let mut cfg = test_config("127.0.0.1:0");
+        cfg.submit_rate_per_s = rate;
+        cfg.submit_burst = burst;
+        cfg.max_pending_jobs = pending;
+        let (stop, stopped) = watch::channel(false);
+        let running = rt
+            .block_on(start_with(
+                cfg,
+                Arc::new(MemoryStore::new("/lim/")),
+                security,
+                stopped,
+            ))
+            .unwrap();
+        (stop, format!("http://127.0.0.1:{}", running.addr.port()))
+    };
+    let client = |url: &str, token: &str| {
+        let (url, token) = (url.to_string(), token.to_string());
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            JobServiceClient::with_interceptor(ch, BearerToken::new(Some(&token)).unwrap())
+        }
+    };
+    let spec = small_spec(&d.display().to_string(), "limited", &ds, 1);
+    let submit = |url: String, token: String, key: String| {
+        let spec = spec.clone();
+        async move {
+            let mut c = client(&url, &token).await;
+            c.submit_job(v1::SubmitJobRequest {
+                spec: Some((&spec).into()),
+                idempotency_key: key,
+            })
+            .await
+        }
+    };
+
+    // one submit per 10 s after a burst of 5, for each of the 10 clients
+    let (_stop, url) = start(0.1, 5, 0);
+    let calls: Vec<_> = (0..100)
+        .map(|i| submit(url.clone(), names[i % 10].clone(), String::new()))
+        .collect();
+    let results = rt.block_on(futures::future::join_all(calls));
+    let mut admitted = [0usize; 10];
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(_) => admitted[i % 10] += 1,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s}");
+                assert!(s.message().contains("rate limit"), "{s}");
+                assert!(
+                    !s.message().contains("client-"),
+                    "a token in an answer: {s}"
+                );
+            }
+        }
+    }
+    assert!(admitted.iter().all(|&n| n == 5), "{admitted:?}");
+    let listed = rt.block_on(async {
+        let mut c = client(&url, &names[0]).await;
+        c.list_jobs(v1::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .len()
+    });
+    assert_eq!(listed, 50, "refused submits changed something");
+
+    // at most 3 jobs not yet ended (no workers: they stay pending)
+    let (_stop2, url) = start(0.0, 1, 3);
+    let first = rt
+        .block_on(submit(url.clone(), names[0].clone(), "nightly".into()))
+        .unwrap()
+        .into_inner();
+    let calls: Vec<_> = (0..10)
+        .map(|i| submit(url.clone(), names[i % 10].clone(), String::new()))
+        .collect();
+    let results = rt.block_on(futures::future::join_all(calls));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 2, "the bound of 3 admits two more");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), tonic::Code::ResourceExhausted, "{r}");
+        assert!(r.message().contains("coordinator.max_pending_jobs"), "{r}");
+    }
+    let again = rt
+        .block_on(submit(url.clone(), names[0].clone(), "nightly".into()))
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    assert_eq!(again.job.unwrap().id, first.job.unwrap().id);
+}
+
+/// etcd over TLS with client certificates (`[meta.etcd] ca`, `cert`, `key`): the store
+/// connects and works; without a client certificate, or trusting another CA, it does not;
+/// TLS settings that do not fit the endpoints are refused by name.
+#[test]
+fn etcd_over_tls_needs_the_right_ca_and_a_client_certificate() {
+    use seqclust_meta::{EtcdConfig, EtcdStore, MetaStore};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_main = ca("etcd test CA");
+    let ca_rogue = ca("someone else");
+    let (ca_pem, rogue_pem) = (d.join("ca.pem"), d.join("rogue.pem"));
+    std::fs::write(&ca_pem, ca_main.pem()).unwrap();
+    std::fs::write(&rogue_pem, ca_rogue.pem()).unwrap();
+    let (server_cert, server_key) = leaf(d, "etcd", &ca_main, false);
+    let (client_cert, client_key) = leaf(d, "coordinator", &ca_main, true);
+    let Some(etcd) = seqclust_meta::conformance::etcd_server::spawned_tls_or_skip(
+        "etcd_over_tls",
+        server_cert,
+        server_key,
+        ca_pem.clone(),
+    ) else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    assert!(endpoint.starts_with("https://"));
+    let config = EtcdConfig {
+        endpoints: vec![endpoint.clone()],
+        prefix: "/tls-test/".into(),
+        timeout: Duration::from_secs(3),
+        retries: 0,
+        ca: Some(ca_pem.clone()),
+        cert: Some(client_cert.clone()),
+        key: Some(client_key.clone()),
+        ..EtcdConfig::default()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let store = EtcdStore::connect(config.clone()).await.unwrap();
+        store.put("k", b"v".to_vec(), None).await.unwrap();
+        assert_eq!(store.get("k").await.unwrap().unwrap().value, b"v".to_vec());
+        // no client certificate: etcd's --client-cert-auth refuses the connection
+        let anonymous = EtcdConfig {
+            cert: None,
+            key: None,
+            ..config.clone()
+        };
+        assert!(EtcdStore::connect(anonymous).await.is_err());
+        // trusting another CA: the members' certificates do not verify
+        let wrong = EtcdConfig {
+            ca: Some(rogue_pem.clone()),
+            ..config.clone()
+        };
+        assert!(EtcdStore::connect(wrong).await.is_err());
+    });
+    let field = |c: EtcdConfig| match c.validate().unwrap_err() {
+        seqclust_meta::Error::Config { field, .. } => field,
+        e => panic!("{e}"),
+    };
+    assert_eq!(
+        field(EtcdConfig {
+            ca: None,
+            ..config.clone()
+        }),
+        "ca"
+    );
+    assert_eq!(
+        field(EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            ..config.clone()
+        }),
+        "endpoints"
+    );
+    assert_eq!(
+        field(EtcdConfig {
+            key: None,
+            ..config.clone()
+        }),
+        "key"
+    );
+    // a CA file that is not there is named
+    let missing = EtcdConfig {
+        ca: Some(d.join("nope.pem")),
+        ..config
+    };
+    let e = rt.block_on(EtcdStore::connect(missing)).unwrap_err();
+    assert!(e.to_string().contains("nope.pem"), "{e}");
+}

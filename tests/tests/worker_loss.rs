@@ -71,3 +71,63 @@ fn a_worker_stopped_with_sigterm_during_training_hands_back_its_work_and_leaves(
     assert!(survivor.contains("resuming from step"), "{survivor}");
     eprintln!("worker left {took:?} after SIGTERM; the job finished on the survivor");
 }
+
+/// A worker that dies (aborts, as under `kill -9`) when its first EMBED task, its third
+/// k-means PARTIALS task or its first ASSIGN task arrives: the coordinator notices, the
+/// survivor takes the lost shards, the round runs again, and the clusters equal those of an
+/// undisturbed run (ARI ≥ 0.95).
+#[test]
+fn a_worker_lost_in_embed_kmeans_or_assign_leaves_the_clusters_unchanged() {
+    use seqclust_tests::{ari, assignments};
+    let mut c = TestCluster::new();
+    let ds = c.dataset("people", 1500);
+    c.add_process_worker();
+    c.wait_workers(1);
+    let t = std::time::Instant::now();
+    let base = c
+        .wait_done(
+            &c.submit(&c.spec("undisturbed", &ds, 1)),
+            Duration::from_secs(240),
+        )
+        .unwrap();
+    let undisturbed = t.elapsed();
+    let want = assignments(&base);
+    for fault in ["embed", "partials:3", "assign"] {
+        let i = c.add_process_worker_with_env(&[("SEQCLUST_FAULT_TASK", fault)]);
+        c.wait_workers_exactly(2);
+        let mut spec = c.spec(&format!("lost-{}", fault.replace(':', "-")), &ds, 2);
+        spec.resources.min_workers = 1;
+        spec.resources.max_workers = 2;
+        let t = std::time::Instant::now();
+        let id = c.submit(&spec);
+        c.wait_for(&id, Duration::from_secs(240), |j| j.world_size == 1)
+            .unwrap();
+        let seen = now_ms();
+        let j = c.wait_done(&id, Duration::from_secs(240)).unwrap();
+        let (took, done) = (t.elapsed(), now_ms());
+        let log = std::fs::read_to_string(c.root.path().join(format!("worker-{i}.log"))).unwrap();
+        let died: u128 = log
+            .split("(unix ms ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{fault}: the worker did not fail: {log}"));
+        assert_eq!(j.world_size, 1, "{fault}");
+        assert!(j.membership_epoch >= 2, "{fault}: {}", j.membership_epoch);
+        let a = ari(&want, &assignments(&j));
+        assert!(a >= 0.95, "{fault}: ARI {a} against the undisturbed run");
+        eprintln!(
+            "worker lost at {fault}: membership changed within {} ms, job done {} ms after the loss, in {took:?} (undisturbed {undisturbed:?}); ARI {a:.4}",
+            seen.saturating_sub(died),
+            done.saturating_sub(died)
+        );
+        c.wait_workers_exactly(1);
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}

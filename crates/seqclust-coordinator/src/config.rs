@@ -23,6 +23,13 @@ pub struct CoordinatorConfig {
     pub task_timeout: Duration,
     /// How often a phase is retried after losing workers before the job fails.
     pub phase_retries: usize,
+    /// SubmitJob calls one client (peer address and bearer token) may make per second on
+    /// average; more get ResourceExhausted (0: no limit).
+    pub submit_rate_per_s: f64,
+    /// SubmitJob calls one client may make at once before the rate applies.
+    pub submit_burst: u32,
+    /// Jobs queued or running at most; a submit beyond gets ResourceExhausted (0: no bound).
+    pub max_pending_jobs: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -34,6 +41,9 @@ impl Default for CoordinatorConfig {
             max_payload_bytes: 1 << 30,
             task_timeout: Duration::from_secs(3600),
             phase_retries: 10,
+            submit_rate_per_s: 10.0,
+            submit_burst: 20,
+            max_pending_jobs: 1000,
         }
     }
 }
@@ -58,6 +68,18 @@ impl CoordinatorConfig {
             return Err(Error::field(
                 "coordinator.max_payload_bytes",
                 "must be at least 1 MiB",
+            ));
+        }
+        if !(self.submit_rate_per_s >= 0.0 && self.submit_rate_per_s.is_finite()) {
+            return Err(Error::field(
+                "coordinator.submit_rate_per_s",
+                "must be a number >= 0 (0: no limit)",
+            ));
+        }
+        if self.submit_rate_per_s > 0.0 && self.submit_burst == 0 {
+            return Err(Error::field(
+                "coordinator.submit_burst",
+                "must be at least 1 when coordinator.submit_rate_per_s is set",
             ));
         }
         Ok(())

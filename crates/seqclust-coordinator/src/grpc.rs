@@ -18,6 +18,7 @@ use seqclust_proto::v1::worker_service_server::WorkerService;
 use seqclust_proto::v1::{self, TaskKind};
 use seqclust_proto::{CHUNK_BYTES, PROTOCOL_VERSION, Reassembly, Sample, f32_bytes};
 
+use crate::limits::Limits;
 use crate::state::{IDEMPOTENCY, State, now_ms};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -38,6 +39,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[derive(Debug, Clone)]
 pub(crate) struct JobApi {
     pub state: Arc<State>,
+    pub limits: Arc<Limits>,
 }
 
 /// `WorkerService`.
@@ -53,6 +55,26 @@ impl JobApi {
         key: Option<String>,
     ) -> Result<(JobRecord, bool), Status> {
         let st = &self.state;
+        // counting the pending jobs and recording this one happen under one lock
+        let _admission = self.limits.admission.lock().await;
+        let known = match &key {
+            Some(k) => st
+                .meta
+                .get(&format!("{IDEMPOTENCY}{k}"))
+                .await
+                .map_err(internal)?
+                .is_some(),
+            None => false,
+        };
+        if !known && self.limits.max_pending > 0 {
+            let pending = st
+                .list_jobs()
+                .await?
+                .iter()
+                .filter(|j| !j.phase.is_terminal())
+                .count();
+            self.limits.check_pending(pending)?;
+        }
         let id = st.new_id(&format!("{}-", spec.name));
         if let Some(k) = &key {
             let won = st
@@ -103,6 +125,7 @@ impl JobService for JobApi {
         &self,
         req: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        self.limits.admit(&req)?;
         let req = req.into_inner();
         let mut spec: JobSpec = req
             .spec
@@ -117,8 +140,10 @@ impl JobService for JobApi {
         if std::path::Path::new(&spec.dataset.uri).exists() {
             absolutize(&mut spec.dataset.uri);
         }
-        if !spec.train.init_from.trim().is_empty() {
-            absolutize(&mut spec.train.init_from);
+        for run in [&mut spec.train.init_from, &mut spec.train.resume_from] {
+            if !run.trim().is_empty() {
+                absolutize(run);
+            }
         }
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -7,6 +7,7 @@ pub mod config;
 mod driver;
 pub mod error;
 mod grpc;
+mod limits;
 pub mod metrics;
 pub mod shards;
 mod state;
@@ -108,6 +109,7 @@ pub async fn start_with(
         addr: cfg.listen.clone(),
         source: Box::new(e),
     })?;
+    let limits = Arc::new(limits::Limits::new(&cfg));
     let state = Arc::new(state::State::new(cfg, meta, shutdown.clone()));
     let closing = state.clone();
     let mut stop_streams = shutdown.clone();
@@ -121,6 +123,7 @@ pub async fn start_with(
     let jobs = InterceptedService::new(
         JobServiceServer::new(grpc::JobApi {
             state: state.clone(),
+            limits,
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),

@@ -128,6 +128,7 @@ impl WorkerState {
             return Err(Error::Cancelled);
         }
         let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+        fault_before(kind);
         let spec: JobSpec = task
             .spec
             .clone()
@@ -378,6 +379,32 @@ fn nccl_id(task: &v1::Task) -> Result<Output> {
 
 #[cfg(not(feature = "nccl"))]
 const NO_NCCL: &str = "this worker was built without the nccl feature";
+
+/// A fault hook for crash tests: `SEQCLUST_FAULT_TASK=KIND[:N]` (`train`, `embed`, `sample`,
+/// `partials`, `assign`) aborts the worker process — as `kill -9` would, without unwinding or
+/// saying goodbye — when its N-th task of that kind arrives (default the first), so a test
+/// can lose a worker at a chosen point of EMBED, k-means or ASSIGN. Unset in production.
+pub const FAULT_TASK_ENV: &str = "SEQCLUST_FAULT_TASK";
+
+fn fault_before(kind: TaskKind) {
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Ok(armed) = std::env::var(FAULT_TASK_ENV) else {
+        return;
+    };
+    let (name, at) = armed.split_once(':').unwrap_or((armed.as_str(), "1"));
+    let this = kind.as_str_name().trim_start_matches("TASK_KIND_");
+    if !this.eq_ignore_ascii_case(name.trim()) {
+        return;
+    }
+    let n = SEEN.fetch_add(1, Ordering::SeqCst) + 1;
+    if at.trim().parse::<u64>().is_ok_and(|at| at == n) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        eprintln!("{FAULT_TASK_ENV}={armed}: aborting at {this} task {n} (unix ms {ms})");
+        std::process::abort();
+    }
+}
 
 /// Trains as one rank of an NCCL group on GPU `gpu`.
 #[cfg(feature = "nccl")]

@@ -83,7 +83,22 @@ pub fn spawned_or_skip(test: &str) -> Option<EtcdServer> {
         no_etcd(test, "no `etcd` binary on PATH")?;
         return None;
     };
-    Some(EtcdServer::start(binary))
+    Some(EtcdServer::start(binary, None))
+}
+
+/// A spawned etcd serving clients over TLS only (`cert`/`key` signed by `ca`) and requiring
+/// client certificates from `ca` (`--client-cert-auth`).
+pub fn spawned_tls_or_skip(
+    test: &str,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+) -> Option<EtcdServer> {
+    let Some(binary) = find_on_path("etcd") else {
+        no_etcd(test, "no `etcd` binary on PATH")?;
+        return None;
+    };
+    Some(EtcdServer::start(binary, Some([cert, key, ca])))
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -104,16 +119,19 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Certificate, key and client CA when clients talk TLS.
+    tls: Option<[PathBuf; 3]>,
     child: Option<Child>,
 }
 
 impl EtcdServer {
-    fn start(binary: PathBuf) -> Self {
+    fn start(binary: PathBuf, tls: Option<[PathBuf; 3]>) -> Self {
         let mut server = EtcdServer {
             binary,
             dir: tempfile::tempdir().expect("temporary directory"),
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
             child: None,
         };
         server.run();
@@ -122,7 +140,8 @@ impl EtcdServer {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The process id (0 when not running).
@@ -132,8 +151,20 @@ impl EtcdServer {
 
     /// Starts the process (again, on the same ports and data) and waits until it listens.
     pub fn run(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let tls: Vec<std::ffi::OsString> = match &self.tls {
+            None => Vec::new(),
+            Some([cert, key, ca]) => vec![
+                "--cert-file".into(),
+                cert.into(),
+                "--key-file".into(),
+                key.into(),
+                "--trusted-ca-file".into(),
+                ca.into(),
+                "--client-cert-auth".into(),
+            ],
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -162,6 +193,7 @@ impl EtcdServer {
                 "10",
             ])
             .args(["--election-timeout", "100", "--log-level", "error"])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -35,6 +35,15 @@ pub struct EtcdConfig {
     /// How many times a request that failed transiently (unavailable, timed out) is tried
     /// again, with exponential backoff, before its error is returned.
     pub retries: u32,
+    /// CA certificate (PEM) that signed the etcd members' certificates: TLS to `https://`
+    /// endpoints. Every endpoint must then be `https://`.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`; goes with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// The name in the members' certificates, when it is not the endpoints' host.
+    pub tls_domain: Option<String>,
 }
 
 impl Default for EtcdConfig {
@@ -46,6 +55,10 @@ impl Default for EtcdConfig {
             password: None,
             timeout: Duration::from_secs(5),
             retries: 3,
+            ca: None,
+            cert: None,
+            key: None,
+            tls_domain: None,
         }
     }
 }
@@ -85,6 +98,30 @@ impl EtcdConfig {
                 "username"
             };
             return bad(field, "username and password go together".to_owned());
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            let field = if self.cert.is_some() { "key" } else { "cert" };
+            return bad(
+                field,
+                "a client certificate and its key go together".to_owned(),
+            );
+        }
+        let https = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if self.ca.is_some() && https != self.endpoints.len() {
+            return bad(
+                "endpoints",
+                "with a ca every endpoint must be https://".to_owned(),
+            );
+        }
+        if self.ca.is_none() && (https > 0 || self.cert.is_some() || self.tls_domain.is_some()) {
+            return bad(
+                "ca",
+                "TLS to etcd (https:// endpoints, a client certificate) needs the CA certificate of its members".to_owned(),
+            );
         }
         if self.timeout.is_zero() {
             return bad("timeout", "must be greater than zero".to_owned());
@@ -131,6 +168,10 @@ impl std::fmt::Debug for EtcdConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("tls_domain", &self.tls_domain)
             .finish()
     }
 }

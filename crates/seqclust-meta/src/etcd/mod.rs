@@ -57,6 +57,9 @@ impl EtcdStore {
                 .with_user(user, password)
                 .with_auto_token_refresh(true);
         }
+        if let Some(ca) = &config.ca {
+            options = options.with_tls(tls_options(&config, ca)?);
+        }
         let endpoints = config.endpoints.join(",");
         let client = with_retries(&config, "connect", &endpoints, || {
             Client::connect(config.endpoints.clone(), Some(options.clone()))
@@ -95,6 +98,28 @@ impl std::fmt::Debug for EtcdStore {
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The TLS settings of the config: its CA, and its client identity when it has one.
+fn tls_options(config: &EtcdConfig, ca: &std::path::Path) -> Result<etcd_client::TlsOptions> {
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Config {
+            field,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let mut tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ca", ca)?));
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        tls = tls.identity(etcd_client::Identity::from_pem(
+            read("cert", cert)?,
+            read("key", key)?,
+        ));
+    }
+    if let Some(domain) = &config.tls_domain {
+        tls = tls.domain_name(domain.clone());
+    }
+    Ok(tls)
 }
 
 /// Runs `attempt` under the config's deadline, trying again after transient failures.
