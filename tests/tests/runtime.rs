@@ -358,7 +358,7 @@ fn malformed_partials_are_refused_at_the_upload_and_the_reduction_goes_on() {
                         .to_string();
             }
             TaskKind::Release => break,
-            TaskKind::Unspecified => panic!("unspecified task"),
+            TaskKind::Unspecified | TaskKind::Regroup => panic!("unexpected {kind:?} message"),
         }
         rt.block_on(w.complete_task(result)).unwrap();
         if phase_of(&c.get(&id)).is_ok_and(Phase::is_terminal) {
@@ -435,4 +435,47 @@ fn a_job_runs_with_its_state_in_etcd() {
     );
     drop(c);
     drop(etcd);
+}
+
+/// `seqclust submit --min-workers/--max-workers` set the job's worker bounds; bounds that
+/// contradict each other are refused by field name before anything is submitted.
+#[test]
+fn submit_flags_set_the_worker_bounds() {
+    let c = TestCluster::new();
+    let ds = c.dataset("people", 200);
+    let spec_file = c.root.path().join("job.toml");
+    std::fs::write(&spec_file, c.spec("flags", &ds, 1).to_toml()).unwrap();
+    let submit = |extra: &[&str]| {
+        std::process::Command::new(seqclust_tests::seqclust_bin())
+            .arg("submit")
+            .arg(&spec_file)
+            .args(["--coordinator", &c.url()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let bad = submit(&["--min-workers", "3", "--max-workers", "2"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("resources.max_workers"), "{err}");
+    let jobs = |c: &TestCluster| {
+        let mut client = c.client();
+        c.rt.block_on(client.list_jobs(v1::ListJobsRequest::default()))
+            .unwrap()
+            .into_inner()
+            .jobs
+    };
+    assert!(jobs(&c).is_empty(), "a refused submit recorded a job");
+    let ok = submit(&["--min-workers", "2", "--max-workers", "5"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let id = String::from_utf8_lossy(&ok.stdout).trim().to_string();
+    let j = c.get(&id);
+    let res = j.spec.unwrap().resources.unwrap();
+    assert_eq!((res.min_workers, res.max_workers), (Some(2), Some(5)));
+    // no worker is registered: the job waits for two
+    assert_eq!(phase_of(&c.get(&id)).unwrap(), Phase::Pending);
 }

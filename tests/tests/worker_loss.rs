@@ -131,3 +131,72 @@ fn now_ms() -> u128 {
         .unwrap()
         .as_millis()
 }
+
+/// Elastic growth: a job training on one worker (bounds 1..2) takes a second worker that
+/// starts mid-training at the group's next checkpoint — the group stops there, is formed
+/// again with both, and resumes from that checkpoint (no step is trained twice) — and the
+/// clusters equal those of a run trained on one worker throughout.
+#[test]
+fn a_worker_started_mid_training_joins_at_the_next_checkpoint() {
+    use seqclust_tests::{ari, assignments};
+    let mut c = TestCluster::new();
+    let ds = c.dataset("people", 1500);
+    c.add_process_worker();
+    c.wait_workers(1);
+    let mut spec = c.spec("grow", &ds, 1);
+    spec.resources.max_workers = 2;
+    spec.encoder.dim = 64;
+    spec.train.epochs = 20;
+    spec.train.checkpoint_every = 10;
+    let base = {
+        let mut s = spec.clone();
+        s.name = "one-worker".into();
+        s.resources.max_workers = 1;
+        c.wait_done(&c.submit(&s), Duration::from_secs(240))
+            .unwrap()
+    };
+    let id = c.submit(&spec);
+    c.wait_for(&id, Duration::from_secs(240), |j| {
+        phase_of(j).ok() == Some(Phase::Train) && j.phase_progress > 0.1
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let joiner = c.add_process_worker();
+    c.wait_workers_exactly(2);
+    let registered = started.elapsed();
+    let j = c
+        .wait_for(&id, Duration::from_secs(120), |j| {
+            phase_of(j).ok() == Some(Phase::Train) && j.world_size == 2
+        })
+        .unwrap();
+    let joined = started.elapsed();
+    assert!(j.membership_epoch >= 2);
+    let j = c
+        .wait_for(&id, Duration::from_secs(60), |j| {
+            j.world_size == 2 && j.message.starts_with("epoch ")
+        })
+        .unwrap();
+    let training = started.elapsed();
+    let done = c.wait_done(&id, Duration::from_secs(240)).unwrap();
+    assert_eq!(done.world_size, 2, "{}", j.message);
+    // both resumed from the checkpoint the group stopped at, not from scratch
+    let first = std::fs::read_to_string(c.root.path().join("worker-0.log")).unwrap();
+    assert!(first.contains("stops at its next checkpoint"), "{first}");
+    let second =
+        std::fs::read_to_string(c.root.path().join(format!("worker-{joiner}.log"))).unwrap();
+    let step: u64 = second
+        .split("resuming from step ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the joined worker did not resume: {second}"));
+    assert!(
+        step > 0 && step.is_multiple_of(10),
+        "resumed at step {step}"
+    );
+    let a = ari(&assignments(&base), &assignments(&done));
+    assert!(a >= 0.95, "ARI {a} against the one-worker run");
+    eprintln!(
+        "worker joined mid-training: registered after {registered:?}, in the group after {joined:?}, training again after {training:?} (resumed at step {step}); ARI {a:.4} against one worker throughout"
+    );
+}

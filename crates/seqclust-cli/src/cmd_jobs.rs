@@ -82,10 +82,25 @@ pub struct SubmitArgs {
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
+    /// The job waits until this many workers are ready, and goes on while this many
+    /// remain (overrides resources.min_workers).
+    #[arg(long)]
+    min_workers: Option<usize>,
+    /// The job takes at most this many workers; workers that join later are taken at the
+    /// next checkpoint or phase up to this bound (0: no bound; overrides
+    /// resources.max_workers).
+    #[arg(long)]
+    max_workers: Option<usize>,
 }
 
 pub fn run_submit(a: SubmitArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let spec = JobSpec::from_file(&a.spec)?;
+    let mut spec = JobSpec::from_file(&a.spec)?;
+    if let Some(n) = a.min_workers {
+        spec.resources.min_workers = n;
+    }
+    if let Some(n) = a.max_workers {
+        spec.resources.max_workers = n;
+    }
     spec.validate()
         .with_context(|| format!("invalid job spec {}", a.spec.display()))?;
     rt.block_on(async {

@@ -79,6 +79,11 @@ pub(crate) struct Driver {
     task_no: u64,
     /// The members of the last round, to tell a membership change.
     last_members: Vec<String>,
+    /// While a TRAIN round runs: its `(worker, task id)`s, so that a worker joining with
+    /// room under `max_workers` makes the group stop at its next checkpoint and re-form.
+    growing: Vec<(String, String)>,
+    /// The running TRAIN round was asked to regroup (its failure is not a lost worker).
+    regrouping: bool,
     /// Rank 0's training summary.
     pub train_summary: serde_json::Value,
     /// The ANALYZE phase's summary.
@@ -96,6 +101,8 @@ impl Driver {
             last_saved: Instant::now(),
             task_no: 0,
             last_members: Vec::new(),
+            growing: Vec::new(),
+            regrouping: false,
             train_summary: serde_json::Value::Null,
             analysis_summary: serde_json::Value::Null,
         }
@@ -344,6 +351,7 @@ impl Driver {
                     Some((i, Err(_))) => failure = Some(Error::Retry(format!("task {} was abandoned", ids[i]))),
                 },
                 _ = tick.tick() => {
+                    self.grow();
                     if let Err(e) = self.check().await {
                         failure = Some(e);
                     } else if deadline.is_some_and(|d| Instant::now() > d) {
@@ -368,8 +376,34 @@ impl Driver {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// During a TRAIN round: when a worker outside the group is ready and the group is below
+    /// `max_workers` (0: no bound), asks the group once to stop at its next checkpoint.
+    fn grow(&mut self) {
+        if self.growing.is_empty() || self.regrouping {
+            return;
+        }
+        let max = self.rec.spec.resources.max_workers;
+        if max != 0 && self.growing.len() >= max {
+            return;
+        }
+        let joined = self
+            .state
+            .ready_workers()
+            .into_iter()
+            .filter(|(w, _)| !self.growing.iter().any(|(g, _)| g == w))
+            .count();
+        if joined == 0 {
+            return;
+        }
+        info!(job = %self.rec.id, joined, group = self.growing.len(), "workers joined: training stops at its next checkpoint to take them");
+        crate::metrics::REGROUPS.inc();
+        self.regrouping = true;
+        self.state.regroup(&self.rec.id, &self.growing);
+    }
+
     /// TRAIN: the group of the current members trains; on a lost worker the group is
-    /// formed again from the survivors (and newcomers) and resumes from the last checkpoint.
+    /// formed again from the survivors (and newcomers) and resumes from the last checkpoint;
+    /// a worker that joins is taken at the group's next checkpoint.
     async fn train(&mut self) -> Result<()> {
         let retries = self.state.cfg.phase_retries;
         let mut attempt = 0;
@@ -378,7 +412,7 @@ impl Driver {
             let peers: Vec<String> = members.iter().map(|(_, a)| a.clone()).collect();
             let outcome = match self.nccl_id(&members).await {
                 Ok(nccl_id) => {
-                    let tasks = members
+                    let tasks: Vec<(String, v1::Task)> = members
                         .iter()
                         .enumerate()
                         .map(|(rank, (w, _))| {
@@ -391,11 +425,24 @@ impl Driver {
                         .collect();
                     self.rec.message = format!("training on {} workers", members.len());
                     self.save().await?;
-                    self.round(tasks, None).await
+                    self.growing = tasks
+                        .iter()
+                        .map(|(w, t)| (w.clone(), t.task_id.clone()))
+                        .collect();
+                    self.regrouping = false;
+                    let done = self.round(tasks, None).await;
+                    self.growing.clear();
+                    done
                 }
                 Err(e) => Err(e),
             };
             match outcome {
+                Err(e) if e.is_retryable() && std::mem::take(&mut self.regrouping) => {
+                    info!(job = %self.rec.id, error = %e, "training group stopped at a checkpoint; forming it again with the workers that joined");
+                    self.rec.message =
+                        "forming the training group again with the workers that joined".into();
+                    self.save().await?;
+                }
                 Ok(done) => {
                     // results come in task order: the first is rank 0's
                     self.train_summary = done

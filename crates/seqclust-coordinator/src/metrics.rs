@@ -72,6 +72,14 @@ pub static ROUND_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// TRAIN groups stopped at a checkpoint to take workers that joined.
+pub static REGROUPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    metrics::counter(
+        "seqclust_train_regroups_total",
+        "Training groups stopped at a checkpoint and formed again to take workers that joined",
+    )
+});
+
 /// The latest k-means inertia per point of the running job (smoothed for mini-batch).
 pub static KMEANS_INERTIA: LazyLock<GaugeVec> = LazyLock::new(|| {
     metrics::float_gauge_vec(

@@ -334,6 +334,22 @@ impl State {
         }
     }
 
+    /// Asks each of these TRAIN tasks (`(worker, task id)`) to stop at its next checkpoint,
+    /// so that the group is formed again with the workers that joined.
+    pub fn regroup(&self, job_id: &str, tasks: &[(String, String)]) {
+        let workers = lock(&self.workers);
+        for (worker, task_id) in tasks {
+            if let Some(tx) = workers.get(worker).and_then(|w| w.control.as_ref()) {
+                let _ = tx.try_send(Ok(v1::Task {
+                    task_id: task_id.clone(),
+                    job_id: job_id.to_string(),
+                    kind: v1::TaskKind::Regroup as i32,
+                    ..Default::default()
+                }));
+            }
+        }
+    }
+
     /// The job a task in flight belongs to.
     pub fn job_of_task(&self, task_id: &str) -> Option<String> {
         lock(&self.tasks).get(task_id).map(|t| t.job_id.clone())

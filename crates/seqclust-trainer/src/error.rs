@@ -40,6 +40,13 @@ pub enum Error {
     /// The observer asked training to stop (the job was cancelled).
     #[error("training was cancelled")]
     Cancelled,
+    /// The group stopped at a checkpoint to be formed again (the observer asked for it on
+    /// rank 0: a worker joined). Retryable: the next group resumes from that checkpoint.
+    #[error("training stopped at the checkpoint of step {step} to form the group again")]
+    Regroup {
+        /// The step of the checkpoint the next group resumes from.
+        step: u64,
+    },
     /// A file could not be written.
     #[error("failed to write {what}")]
     Write {
@@ -58,7 +65,8 @@ impl Error {
     /// Whether running again with a newly formed group may succeed: a peer was lost or slow.
     /// Everything else (bad settings, bad data, a diverged model) repeats on retry.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Collective(e) if e.is_retryable())
+        matches!(self, Error::Regroup { .. })
+            || matches!(self, Error::Collective(e) if e.is_retryable())
     }
 
     pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {

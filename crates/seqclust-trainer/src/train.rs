@@ -70,6 +70,28 @@ pub trait Observer {
     /// Every optimiser step (not only logged ones): its wall time, including the gradient
     /// exchange, and the sequences of this rank's share of the batch (metrics).
     fn step_done(&self, _seconds: f64, _sequences: usize) {}
+    /// Asked on rank 0 after every checkpoint it writes (mid-epoch and at an epoch's end,
+    /// the last epoch's excepted): `true` ends training on every rank with
+    /// [`Error::Regroup`], so that a group with more members resumes from that checkpoint.
+    fn regroup(&self) -> bool {
+        false
+    }
+}
+
+/// After a checkpoint: whether the group stops here to be formed again. Rank 0 decides
+/// and the others learn it by broadcast, so every rank stops at the same step.
+fn regroup_here(group: &mut dyn Collective, obs: &dyn Observer, step: u64) -> Result<()> {
+    let mut flag = vec![u8::from(group.rank() == 0 && obs.regroup())];
+    if group.world_size() > 1 {
+        group.broadcast(&mut flag, 0)?;
+    }
+    if flag.first() == Some(&1) {
+        obs.note(&format!(
+            "stopping at the checkpoint of step {step}: the group is formed again"
+        ));
+        return Err(Error::Regroup { step });
+    }
+    Ok(())
 }
 
 /// What a training run produced.
@@ -386,9 +408,11 @@ pub fn train_with(
                     log.push(l);
                     window = (Instant::now(), 0);
                 }
-                if lead && tc.checkpoint_every > 0 && state.step.is_multiple_of(tc.checkpoint_every)
-                {
-                    rt.block_on(save_checkpoint(run, &model, &opt, &state))?;
+                if tc.checkpoint_every > 0 && state.step.is_multiple_of(tc.checkpoint_every) {
+                    if lead {
+                        rt.block_on(save_checkpoint(run, &model, &opt, &state))?;
+                    }
+                    regroup_here(group, obs, state.step)?;
                 }
             }
         }
@@ -454,6 +478,9 @@ pub fn train_with(
             ));
             stopped_early = true;
             break;
+        }
+        if epoch + 1 < end_epoch {
+            regroup_here(group, obs, state.step)?;
         }
     }
     if let Some((dense, items)) = best {

@@ -325,6 +325,11 @@ async fn session(
                         state.release(&task.job_id, true);
                         continue;
                     }
+                    if kind == TaskKind::Regroup {
+                        info!(task = %task.task_id, "a worker joined: training stops at its next checkpoint");
+                        state.regroup(&task.task_id);
+                        continue;
+                    }
                     if task_tx.send(task).is_err() {
                         break Ok(());
                     }

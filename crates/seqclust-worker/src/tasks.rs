@@ -57,6 +57,8 @@ pub(crate) struct WorkerState {
     pub gpu: usize,
     jobs: Mutex<HashMap<String, Arc<Mutex<JobData>>>>,
     cancelled: Mutex<HashSet<String>>,
+    /// TRAIN tasks asked to stop at their next checkpoint (a worker joined the job).
+    regroup: Mutex<HashSet<String>>,
     stopping: AtomicBool,
 }
 
@@ -90,8 +92,19 @@ impl WorkerState {
             gpu,
             jobs: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
+            regroup: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Asks the TRAIN task `task_id` (running or still queued) to stop at its next
+    /// checkpoint, so that the coordinator forms its group again with more workers.
+    pub fn regroup(&self, task_id: &str) {
+        lock(&self.regroup).insert(task_id.to_string());
+    }
+
+    fn wants_regroup(&self, task_id: &str) -> bool {
+        lock(&self.regroup).contains(task_id)
     }
 
     /// The process is shutting down (SIGTERM): the running task stops at its next step
@@ -136,13 +149,19 @@ impl WorkerState {
             .try_into()?;
         let run = Location::parse(&task.run_uri, true)?;
         match kind {
-            TaskKind::Train => self.train(cx, task, &spec, &run),
+            TaskKind::Train => {
+                let out = self.train(cx, task, &spec, &run);
+                lock(&self.regroup).remove(&task.task_id);
+                out
+            }
             TaskKind::Embed => self.embed(cx, task, &spec, &run),
             TaskKind::Sample => self.sample(cx, task, &spec),
             TaskKind::Partials => self.partials(cx, task, &spec),
             TaskKind::Assign => self.assign(cx, task, &spec, &run),
             TaskKind::NcclId => nccl_id(task),
-            TaskKind::Release | TaskKind::Unspecified => Err(bad(task, "not a runnable task")),
+            TaskKind::Release | TaskKind::Regroup | TaskKind::Unspecified => {
+                Err(bad(task, "not a runnable task"))
+            }
         }
     }
 
@@ -591,5 +610,9 @@ impl Observer for Progress<'_> {
 
     fn cancelled(&self) -> bool {
         self.state.is_cancelled(&self.job_id)
+    }
+
+    fn regroup(&self) -> bool {
+        self.state.wants_regroup(&self.task_id)
     }
 }
