@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod netns;
 pub mod s3;
 pub mod services;
 
@@ -73,12 +74,21 @@ impl TestCluster {
 
     /// A coordinator on the metadata store `make` opens (on the cluster's runtime).
     pub fn with_meta(make: impl FnOnce(&Runtime) -> Arc<dyn MetaStore>) -> TestCluster {
+        Self::listening("127.0.0.1:0", make)
+    }
+
+    /// A coordinator listening on `listen` (`0.0.0.0:0` to be reached from namespaced
+    /// hosts), on the metadata store `make` opens.
+    pub fn listening(
+        listen: &str,
+        make: impl FnOnce(&Runtime) -> Arc<dyn MetaStore>,
+    ) -> TestCluster {
         let rt = runtime();
         let meta = make(&rt);
         let (stop, rx) = watch::channel(false);
         let running = rt
             .block_on(seqclust_coordinator::start(
-                test_config("127.0.0.1:0"),
+                test_config(listen),
                 meta.clone(),
                 rx,
             ))
@@ -95,6 +105,9 @@ impl TestCluster {
     }
 
     pub fn url(&self) -> String {
+        if self.addr.ip().is_unspecified() {
+            return format!("http://127.0.0.1:{}", self.addr.port());
+        }
         format!("http://{}", self.addr)
     }
 
@@ -154,12 +167,29 @@ impl TestCluster {
 
     /// Adds a `seqclust worker` process with extra environment (fault hooks); its index.
     pub fn add_process_worker_with_env(&mut self, env: &[(&str, &str)]) -> usize {
+        let mut cmd = Command::new(seqclust_bin());
+        cmd.args(["worker", "--coordinator", &self.url()]);
+        self.spawn_worker(cmd, env)
+    }
+
+    /// Adds a `seqclust worker` process on host `host` of `net`: it reaches the coordinator
+    /// (which must listen on `0.0.0.0`) through the bridge and its peers at its own address.
+    pub fn add_process_worker_on(&mut self, net: &netns::Net, host: usize) -> usize {
+        let mut cmd = net.command(host, &seqclust_bin());
+        let coordinator = format!("http://{}:{}", net.gateway(), self.addr.port());
+        cmd.args(["worker", "--coordinator", &coordinator])
+            .args(["--collective-bind", &format!("{}:0", net.addr(host))])
+            .args(["--name", &format!("host-{host}")]);
+        self.spawn_worker(cmd, &[])
+    }
+
+    fn spawn_worker(&mut self, mut cmd: Command, env: &[(&str, &str)]) -> usize {
         let log = self
             .root
             .path()
             .join(format!("worker-{}.log", self.workers.len()));
-        let child = Command::new(seqclust_bin())
-            .args(["worker", "--coordinator", &self.url(), "--threads", "1"])
+        let child = cmd
+            .args(["--threads", "1"])
             .args(["--collective-timeout", "10", "--connect-timeout", "30"])
             .env("SEQCLUST_LOG", "info")
             .envs(env.iter().copied())

@@ -28,9 +28,15 @@ pub struct Proc(pub Child);
 impl Proc {
     /// Starts `seqclust ARGS` with its stderr in `log`.
     pub fn start(args: &[&str], log: &Path) -> Proc {
+        Self::start_with_env(args, log, &[])
+    }
+
+    /// Starts `seqclust ARGS` with extra environment (object store credentials, fault hooks).
+    pub fn start_with_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
         Proc(
             Command::new(seqclust_bin())
                 .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(log).unwrap())

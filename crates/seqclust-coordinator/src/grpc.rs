@@ -23,6 +23,9 @@ use crate::state::{IDEMPOTENCY, State, now_ms};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The longest progress message kept (it becomes the job's status line).
+const MAX_PROGRESS_CHARS: usize = 512;
+
 fn absolutize(path: &mut String) {
     if !seqclust_data::store::is_url(path)
         && let Ok(abs) = std::path::absolute(path.as_str())
@@ -281,12 +284,6 @@ impl WorkerService for WorkerApi {
                 req.collective_addr
             )));
         }
-        let st = &self.state;
-        let lease = st
-            .meta
-            .grant_lease(st.cfg.lease_ttl)
-            .await
-            .map_err(internal)?;
         let collective = match req.collective.as_str() {
             "" | "ring" => "ring".to_string(),
             "nccl" => "nccl".to_string(),
@@ -296,6 +293,12 @@ impl WorkerService for WorkerApi {
                 )));
             }
         };
+        let st = &self.state;
+        let lease = st
+            .meta
+            .grant_lease(st.cfg.lease_ttl)
+            .await
+            .map_err(internal)?;
         let id = st
             .add_worker(req.name, req.collective_addr, collective, lease)
             .await?;
@@ -373,7 +376,20 @@ impl WorkerService for WorkerApi {
         req: Request<v1::Progress>,
     ) -> Result<Response<v1::Ack>, Status> {
         let p = req.into_inner();
-        self.state.note_progress(&p.task_id, p.fraction, p.message);
+        if !p.fraction.is_finite() {
+            return Err(Status::invalid_argument(format!(
+                "fraction {} is not a finite number",
+                p.fraction
+            )));
+        }
+        // the message becomes the job's status line: keep it a line
+        let message: String = p.message.chars().take(MAX_PROGRESS_CHARS).collect();
+        self.state.note_progress(
+            &p.task_id,
+            &p.worker_id,
+            p.fraction.clamp(0.0, 1.0),
+            message,
+        );
         Ok(Response::new(v1::Ack {}))
     }
 

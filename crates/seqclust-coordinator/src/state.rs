@@ -305,9 +305,13 @@ impl State {
         lock(&self.progress).remove(task_id);
     }
 
-    /// A running task's latest progress report (tasks not in flight are ignored).
-    pub fn note_progress(&self, task_id: &str, fraction: f64, message: String) {
-        if lock(&self.tasks).contains_key(task_id) {
+    /// A running task's latest progress report (reports for tasks not in flight, or from
+    /// another worker than the task's, are ignored).
+    pub fn note_progress(&self, task_id: &str, worker_id: &str, fraction: f64, message: String) {
+        if lock(&self.tasks)
+            .get(task_id)
+            .is_some_and(|t| t.worker_id == worker_id)
+        {
             lock(&self.progress).insert(task_id.to_string(), (fraction, message));
         }
     }

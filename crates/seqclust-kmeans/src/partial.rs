@@ -385,6 +385,26 @@ mod tests {
             let mut e = PartialStats::new(k, d); e.merge(&a).unwrap();
             prop_assert_eq!(&e, &a);
         }
+
+        /// What the coordinator's upload handler decodes: arbitrary bytes, or a valid
+        /// encoding with one byte changed or cut short, never panic, and whatever decodes
+        /// encodes back to the same bytes.
+        #[test]
+        fn from_bytes_of_arbitrary_or_damaged_payloads_never_panics(
+            seed in any::<u64>(), k in 1usize..5, d in 1usize..4,
+            at in any::<usize>(), byte in any::<u8>(), cut in any::<bool>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if let Ok(p) = PartialStats::from_bytes(&noise) {
+                prop_assert_eq!(p.to_bytes(), noise);
+            }
+            let mut b = stats(seed, k, d).to_bytes();
+            let i = at % b.len();
+            if cut { b.truncate(i); } else { b[i] = byte; }
+            if let Ok(p) = PartialStats::from_bytes(&b) {
+                prop_assert_eq!(p.to_bytes(), b);
+            }
+        }
     }
 
     #[test]

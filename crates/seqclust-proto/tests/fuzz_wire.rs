@@ -1,13 +1,16 @@
 //! Bounded fuzzing of the job API's wire form (proptest, a few thousand cases per run): what
 //! a SubmitJob handler does with a message — decode, convert to a `JobSpec`, validate — never
 //! panics, refusals name the field, and every spec that validates survives the round trip.
+//! Also what the WorkerService upload handler does with chunks: reassembly never panics,
+//! never holds more than its limit, and yields exactly the bytes of in-order chunks; a
+//! seeding sample decodes or is refused, never panics.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use prost::Message;
 
 use seqclust_job::JobSpec;
-use seqclust_proto::v1;
+use seqclust_proto::{Reassembly, Sample, v1};
 
 /// Names that are sometimes valid, sometimes not.
 fn word(valid: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
@@ -118,6 +121,51 @@ proptest! {
         match JobSpec::from_toml_str(&text) {
             Err(e) => prop_assert!(e.to_string().contains("line"), "{e}"),
             Ok(s) => { let _ = s.validate(); }
+        }
+    }
+
+    #[test]
+    fn chunk_reassembly_never_panics_and_keeps_to_its_limit(
+        chunks in proptest::collection::vec(
+            (prop_oneof![0u64..80, any::<u64>()], prop_oneof![0u64..80, any::<u64>()],
+             proptest::collection::vec(any::<u8>(), 0..40)),
+            0..6),
+        limit in 0usize..100,
+    ) {
+        let mut r = Reassembly::new(limit);
+        let mut accepted = Vec::new();
+        let mut failed = false;
+        for (offset, total, data) in &chunks {
+            match r.push(*offset, *total, data) {
+                Ok(()) => {
+                    prop_assert!(*total as usize <= limit);
+                    prop_assert_eq!(*offset as usize, accepted.len());
+                    accepted.extend_from_slice(data);
+                }
+                Err(e) => { prop_assert!(!e.is_empty()); failed = true; break; }
+            }
+        }
+        if !failed && let Ok(payload) = r.finish() {
+            prop_assert_eq!(payload, accepted);
+        }
+    }
+
+    #[test]
+    fn seeding_samples_decode_or_are_refused(
+        bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        n in 0usize..6, d in 1usize..4, at in any::<usize>(), byte in any::<u8>(),
+    ) {
+        if let Ok(s) = Sample::from_bytes(&bytes) {
+            prop_assert_eq!(s.to_bytes(), bytes);
+        }
+        let good = Sample { d, keys: (0..n as u64).collect(), rows: vec![0.5; n * d] };
+        let mut b = good.to_bytes();
+        prop_assert_eq!(Sample::from_bytes(&b), Ok(good));
+        let i = at % b.len();
+        b[i] = byte;
+        if let Ok(s) = Sample::from_bytes(&b) {
+            prop_assert!(s.rows.iter().all(|v| v.is_finite()));
+            prop_assert_eq!(s.to_bytes(), b);
         }
     }
 }

@@ -221,8 +221,11 @@ async fn session(
         .await
         .map_err(|s| Error::rpc("Control", s))?
         .into_inner();
-    // heartbeats until the session ends
+    // heartbeats until the session ends; `forgotten` turns true when the coordinator no
+    // longer knows this registration (its lease expired while this worker was cut off), which
+    // ends the session so that the worker registers again
     let (hb_stop, mut hb_rx) = watch::channel(false);
+    let (forgotten_tx, mut forgotten) = watch::channel(false);
     let mut hb_client = client.clone();
     let hb_id = worker_id.clone();
     let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
@@ -242,6 +245,7 @@ async fn session(
             if let Err(s) = res {
                 warn!(error = %s, "heartbeat failed");
                 if s.code() == tonic::Code::NotFound {
+                    let _ = forgotten_tx.send(true);
                     return;
                 }
             }
@@ -312,7 +316,12 @@ async fn session(
             }
             let mut c = cx.client.clone();
             if let Err(s) = c.complete_task(result).await {
-                warn!(error = %s, "could not report a task result");
+                if s.code() == tonic::Code::FailedPrecondition {
+                    // fenced by the membership epoch: the task was given to others
+                    warn!(task = %task.task_id, reason = %s.message(), "the coordinator refused this task's result (stale membership)");
+                } else {
+                    warn!(error = %s, "could not report a task result");
+                }
             }
         }
     });
@@ -337,6 +346,13 @@ async fn session(
                 Ok(None) => break Ok(()),
                 Err(s) => break Err(Error::rpc("Control", s)),
             },
+            _ = forgotten.changed() => {
+                // fenced: the coordinator has given this registration's work to others and
+                // refuses its results; a running task ends (at the latest at the collective
+                // deadline, its peers being gone) before the worker registers again
+                warn!(worker = %worker_id, "the coordinator no longer knows this worker (its lease expired): registering again");
+                break Ok(());
+            }
             _ = shutdown.changed() => {
                 // graceful leave: the running task ends at its next step and is handed back
                 state.stop();

@@ -1,6 +1,7 @@
 //! A real etcd for the tests: the one named by `SEQCLUST_TEST_ETCD`, or a throwaway single
 //! node started from the `etcd` binary on PATH (killed again on drop), or none — which fails
-//! the test under `SEQCLUST_REQUIRE_ETCD=1` or `CI`, and skips it otherwise.
+//! the test under `SEQCLUST_REQUIRE_ETCD=1` or `CI`, and skips it otherwise. Tests of member
+//! loss spawn a cluster of several members ([`cluster_or_skip`]).
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -35,8 +36,13 @@ impl Etcd {
 
 /// A store on the etcd at `endpoint` under a prefix of its own.
 pub async fn store_at(endpoint: String, timeout: Duration, retries: u32) -> EtcdStore {
+    store_on(vec![endpoint], timeout, retries).await
+}
+
+/// A store on the members at `endpoints` under a prefix of its own.
+async fn store_on(endpoints: Vec<String>, timeout: Duration, retries: u32) -> EtcdStore {
     let config = EtcdConfig {
-        endpoints: vec![endpoint],
+        endpoints,
         prefix: format!("/seqclust-test/{}/", conformance::unique_name("run")),
         timeout,
         retries,
@@ -257,5 +263,141 @@ impl Drop for EtcdServer {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// A spawned cluster of `members` etcd members on loopback (tests that kill a member).
+pub fn cluster_or_skip(test: &str, members: usize) -> Option<EtcdCluster> {
+    let Some(binary) = find_on_path("etcd") else {
+        no_etcd(test, "no `etcd` binary on PATH")?;
+        return None;
+    };
+    Some(EtcdCluster::start(binary, members))
+}
+
+/// An etcd cluster of several members on loopback ports, each with its data in a temporary
+/// directory; every member is killed on drop.
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    /// `(client port, peer port, process)` per member.
+    members: Vec<(u16, u16, Option<Child>)>,
+}
+
+impl EtcdCluster {
+    fn start(binary: PathBuf, n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, &(client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).expect("log");
+            let child = Command::new(&binary)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "seqclust-test"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(["--log-level", "error"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn etcd");
+            members.push((client, peer, Some(child)));
+        }
+        let cluster = EtcdCluster { dir, members };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &(client, _, _) in &cluster.members {
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, client)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member on port {client} did not listen in time: {}",
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|(c, _, _)| format!("http://127.0.0.1:{c}"))
+            .collect()
+    }
+
+    /// A store on every member's endpoint under a prefix of its own.
+    pub async fn store(&self, timeout: Duration, retries: u32) -> EtcdStore {
+        store_on(self.endpoints(), timeout, retries).await
+    }
+
+    /// The index of the member that leads the cluster now: the running member whose own id
+    /// is the leader id it reports (waits up to 5 s for an election).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for (i, endpoint) in self.endpoints().into_iter().enumerate() {
+                if self.members[i].2.is_none() {
+                    continue;
+                }
+                let status = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut c = etcd_client::Client::connect([endpoint], None).await?;
+                    c.status().await
+                })
+                .await;
+                if let Ok(Ok(s)) = status
+                    && s.leader() != 0
+                    && s.header().map(|h| h.member_id()) == Some(s.leader())
+                {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no etcd member leads: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].2.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
     }
 }
