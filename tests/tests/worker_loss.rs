@@ -200,3 +200,58 @@ fn a_worker_started_mid_training_joins_at_the_next_checkpoint() {
         "worker joined mid-training: registered after {registered:?}, in the group after {joined:?}, training again after {training:?} (resumed at step {step}); ARI {a:.4} against one worker throughout"
     );
 }
+
+/// Elastic growth in the clustering phases: a worker that starts while k-means runs is
+/// given shards at the next k-means step (it embeds them; the others keep theirs and the
+/// k-means state carries over), and the clusters equal those of one worker throughout.
+#[test]
+fn a_worker_started_during_kmeans_takes_shards_at_the_next_step() {
+    use seqclust_tests::{ari, assignments};
+    let mut c = TestCluster::new();
+    let ds = c.dataset("people", 1500);
+    c.add_process_worker();
+    c.wait_workers(1);
+    let mut spec = c.spec("grow-kmeans", &ds, 1);
+    spec.resources.max_workers = 2;
+    // thousands of Lloyd iterations, without early stopping, so that the join lands mid-way
+    spec.kmeans.max_iter = 5000;
+    spec.kmeans.tol = 0.0;
+    spec.kmeans.min_improvement = 0.0;
+    let base = {
+        let mut s = spec.clone();
+        s.name = "one-worker".into();
+        s.resources.max_workers = 1;
+        c.wait_done(&c.submit(&s), Duration::from_secs(240))
+            .unwrap()
+    };
+    let id = c.submit(&spec);
+    c.wait_for(&id, Duration::from_secs(240), |j| {
+        phase_of(j).ok() == Some(Phase::Kmeans) && j.phase_progress > 0.05
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let joiner = c.add_process_worker();
+    c.wait_workers_exactly(2);
+    let registered = started.elapsed();
+    let j = c
+        .wait_for(&id, Duration::from_secs(120), |j| j.world_size == 2)
+        .unwrap();
+    let joined = started.elapsed();
+    let at = phase_of(&j).unwrap();
+    let done = c.wait_done(&id, Duration::from_secs(240)).unwrap();
+    assert_eq!(done.world_size, 2);
+    let log = std::fs::read_to_string(c.root.path().join(format!("worker-{joiner}.log"))).unwrap();
+    assert!(
+        log.contains("embedded"),
+        "the joined worker embedded nothing: {log}"
+    );
+    // the first worker kept some of its shards rather than embedding everything again
+    let first = std::fs::read_to_string(c.root.path().join("worker-0.log")).unwrap();
+    let last_embed = first.lines().rfind(|l| l.contains("embedded")).unwrap();
+    assert!(!last_embed.contains("kept=0"), "{last_embed}");
+    let a = ari(&assignments(&base), &assignments(&done));
+    assert!(a >= 0.95, "ARI {a} against the one-worker run");
+    eprintln!(
+        "worker joined during k-means: registered after {registered:?}, in the group after {joined:?} (in {at:?}); ARI {a:.4} against one worker throughout"
+    );
+}

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand::seq::index::sample;
 use serde::Serialize;
-use tracing::warn;
+use tracing::{info, warn};
 
 use seqclust_job::Phase;
 use seqclust_kmeans::init;
@@ -101,6 +101,14 @@ pub(crate) async fn run(job: &mut Driver) -> Result<Clusters> {
     loop {
         match attempt_once(job, &mut p, num_shards, t0).await {
             Ok(c) => return Ok(c),
+            Err(Error::Grow(joined)) => {
+                crate::metrics::REGROUPS
+                    .with_label_values(&["clustering"])
+                    .inc();
+                info!(job = %job.rec.id, joined, step = p.step, "workers joined: giving them shards");
+                job.rec.message = format!("{joined} worker(s) joined: giving them shards");
+                job.save().await?;
+            }
             Err(e) if e.is_retryable() && attempt < job.state.cfg.phase_retries => {
                 attempt += 1;
                 crate::metrics::ROUND_RETRIES.inc();
@@ -204,9 +212,12 @@ async fn attempt_once(
         p.fraction = fraction;
     }
 
-    // KMEANS: each step a round of partial statistics, merged in rank order
+    // KMEANS: each step a round of partial statistics, merged in rank order; a worker that
+    // joins is given shards at the next step (the round re-forms; only the shards that move
+    // are embedded again, and the k-means state carries over)
     job.enter(Phase::Kmeans).await?;
     while !p.done && p.step < p.steps {
+        grown(job, &ids)?;
         let step = p.step + 1;
         let version = publish(job, p);
         let mut tasks = shard_tasks(job, &ids, &holdings, v1::TaskKind::Partials);
@@ -236,6 +247,7 @@ async fn attempt_once(
     }
 
     // ASSIGN: final assignments, written by the workers per shard
+    grown(job, &ids)?;
     job.enter(Phase::Assign).await?;
     let version = publish(job, p);
     let mut tasks = shard_tasks(job, &ids, &holdings, v1::TaskKind::Assign);
@@ -303,6 +315,14 @@ async fn attempt_once(
         world_size: ids.len(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// [`Error::Grow`] when workers the job could take have joined the group `ids`.
+fn grown(job: &Driver, ids: &[String]) -> Result<()> {
+    match job.joined(ids) {
+        0 => Ok(()),
+        n => Err(Error::Grow(n)),
+    }
 }
 
 fn phase_err(phase: Phase, message: impl Into<String>) -> Error {

@@ -376,27 +376,33 @@ impl Driver {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// How many ready workers are outside `group` while the group is below `max_workers`
+    /// (0: no bound): workers the job could take.
+    pub fn joined(&self, group: &[String]) -> usize {
+        let max = self.rec.spec.resources.max_workers;
+        if max != 0 && group.len() >= max {
+            return 0;
+        }
+        self.state
+            .ready_workers()
+            .iter()
+            .filter(|(w, _)| !group.contains(w))
+            .count()
+    }
+
     /// During a TRAIN round: when a worker outside the group is ready and the group is below
     /// `max_workers` (0: no bound), asks the group once to stop at its next checkpoint.
     fn grow(&mut self) {
         if self.growing.is_empty() || self.regrouping {
             return;
         }
-        let max = self.rec.spec.resources.max_workers;
-        if max != 0 && self.growing.len() >= max {
-            return;
-        }
-        let joined = self
-            .state
-            .ready_workers()
-            .into_iter()
-            .filter(|(w, _)| !self.growing.iter().any(|(g, _)| g == w))
-            .count();
+        let group: Vec<String> = self.growing.iter().map(|(w, _)| w.clone()).collect();
+        let joined = self.joined(&group);
         if joined == 0 {
             return;
         }
-        info!(job = %self.rec.id, joined, group = self.growing.len(), "workers joined: training stops at its next checkpoint to take them");
-        crate::metrics::REGROUPS.inc();
+        info!(job = %self.rec.id, joined, group = group.len(), "workers joined: training stops at its next checkpoint to take them");
+        crate::metrics::REGROUPS.with_label_values(&["train"]).inc();
         self.regrouping = true;
         self.state.regroup(&self.rec.id, &self.growing);
     }

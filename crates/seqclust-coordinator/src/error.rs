@@ -55,6 +55,10 @@ pub enum Error {
     /// A worker was lost or a peer failed: the round can be run again with the new membership.
     #[error("{0}")]
     Retry(String),
+    /// Workers joined a group below `max_workers`: the clustering rounds are formed again
+    /// at this step to give them shards (not a failure).
+    #[error("{0} worker(s) joined: the group is formed again to take them")]
+    Grow(usize),
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,

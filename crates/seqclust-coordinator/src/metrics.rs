@@ -72,11 +72,13 @@ pub static ROUND_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// TRAIN groups stopped at a checkpoint to take workers that joined.
-pub static REGROUPS: LazyLock<IntCounter> = LazyLock::new(|| {
-    metrics::counter(
-        "seqclust_train_regroups_total",
-        "Training groups stopped at a checkpoint and formed again to take workers that joined",
+/// Groups formed again to take workers that joined, by phase (`train`: at a checkpoint;
+/// `clustering`: at a k-means step).
+pub static REGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "seqclust_regroups_total",
+        "Groups formed again mid-phase to take workers that joined, by phase (train, clustering)",
+        &["phase"],
     )
 });
 

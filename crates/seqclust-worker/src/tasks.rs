@@ -236,6 +236,7 @@ impl WorkerState {
         jd.shards.retain(|s, _| wanted.contains(s));
         let ds = cx.rt.block_on(open_dataset(&spec.train_job()))?;
         let total = task.shards.len().max(1);
+        let mut embedded = Vec::new();
         for (i, &s) in task.shards.iter().enumerate() {
             if self.is_cancelled(&task.job_id) {
                 return Err(Error::Cancelled);
@@ -243,6 +244,7 @@ impl WorkerState {
             if jd.shards.contains_key(&s) {
                 continue;
             }
+            embedded.push(s);
             if s as usize >= ds.num_shards() {
                 return Err(bad(
                     task,
@@ -270,6 +272,8 @@ impl WorkerState {
             );
         }
         let users = jd.shards.values().map(|v| v.users.len() as u64).sum();
+        // shards embedded now (a membership change moves few; the rest are kept)
+        tracing::info!(shards = ?embedded, kept = task.shards.len() - embedded.len(), users, "embedded");
         Ok(Output {
             users,
             summary: serde_json::json!({ "shards": jd.shards.len(), "users": users }),
