@@ -32,8 +32,9 @@ fn training_on_two(c: &TestCluster, id: &str) {
     .unwrap();
 }
 
-/// A worker cut off by a partition during TRAIN is fenced — its lease expires, the survivor
-/// goes on from the last checkpoint (after at most the collective deadline), and the result
+/// A worker cut off by a partition during TRAIN is fenced — its lease expires, the
+/// coordinator ends the survivor's blocked collective call, the survivor goes on from the
+/// last checkpoint, and the result
 /// the cut-off worker reports once the link is back is refused as stale — then registers
 /// again when the link returns, is taken back at the next checkpoint, and the clusters equal
 /// an undisturbed run's.
@@ -68,6 +69,12 @@ fn a_partitioned_worker_is_fenced_and_rejoins_when_the_link_returns() {
     })
     .unwrap();
     let progressing = t.elapsed();
+    // the coordinator ends the survivor's blocked collective call when the lease expires,
+    // rather than leaving it to the collective deadline (10 s)
+    assert!(
+        progressing < Duration::from_secs(8),
+        "the survivor trained again only after {progressing:?}"
+    );
     // the link comes back after the cut-off worker's collective deadline (10 s) has passed
     std::thread::sleep(Duration::from_secs(11).saturating_sub(t.elapsed()));
     net.heal(1);
@@ -103,8 +110,9 @@ fn an_etcd_member_lost_mid_job_changes_nothing_visible() {
     let Some(mut etcd) = cluster_or_skip("etcd member loss", 3) else {
         return;
     };
+    // the default retries (6: about 3 s of backoff) outlast the leader election
     let mut c =
-        TestCluster::with_meta(|rt| Arc::new(rt.block_on(etcd.store(Duration::from_secs(2), 4))));
+        TestCluster::with_meta(|rt| Arc::new(rt.block_on(etcd.store(Duration::from_secs(2), 6))));
     let ds = c.dataset("people", 1500);
     c.add_process_worker();
     c.add_process_worker();

@@ -358,7 +358,9 @@ fn malformed_partials_are_refused_at_the_upload_and_the_reduction_goes_on() {
                         .to_string();
             }
             TaskKind::Release => break,
-            TaskKind::Unspecified | TaskKind::Regroup => panic!("unexpected {kind:?} message"),
+            TaskKind::Unspecified | TaskKind::Regroup | TaskKind::Abort => {
+                panic!("unexpected {kind:?} message")
+            }
         }
         rt.block_on(w.complete_task(result)).unwrap();
         if phase_of(&c.get(&id)).is_ok_and(Phase::is_terminal) {

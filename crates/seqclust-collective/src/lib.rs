@@ -11,7 +11,7 @@ pub use error::{Error, Result};
 pub use local::Local;
 #[cfg(feature = "nccl")]
 pub use nccl::{Nccl, NcclId, nccl_available};
-pub use ring::{Ring, RingConfig};
+pub use ring::{Ring, RingAbort, RingConfig};
 pub use sparse::{SparseRows, all_gather_rows};
 
 /// A group of ranks that run the same sequence of calls. Every call is collective: all ranks

@@ -365,6 +365,13 @@ impl Driver {
             }
         }
         if let Some(e) = failure {
+            // a training group that lost a member: the others may be blocked in a collective
+            // call on a peer that is cut off, not gone; end their calls now rather than at
+            // the collective deadline (a group stopping for a regroup is already ending)
+            if !self.growing.is_empty() && !self.regrouping && e.is_retryable() {
+                self.state
+                    .tell(&self.rec.id, &self.growing, v1::TaskKind::Abort);
+            }
             if !matches!(e, Error::Shutdown | Error::Cancelled) {
                 // let the others end (their peer is gone) so the retry starts on idle workers
                 let _ =
@@ -404,7 +411,8 @@ impl Driver {
         info!(job = %self.rec.id, joined, group = group.len(), "workers joined: training stops at its next checkpoint to take them");
         crate::metrics::REGROUPS.with_label_values(&["train"]).inc();
         self.regrouping = true;
-        self.state.regroup(&self.rec.id, &self.growing);
+        self.state
+            .tell(&self.rec.id, &self.growing, v1::TaskKind::Regroup);
     }
 
     /// TRAIN: the group of the current members trains; on a lost worker the group is

@@ -338,16 +338,17 @@ impl State {
         }
     }
 
-    /// Asks each of these TRAIN tasks (`(worker, task id)`) to stop at its next checkpoint,
-    /// so that the group is formed again with the workers that joined.
-    pub fn regroup(&self, job_id: &str, tasks: &[(String, String)]) {
+    /// Sends each of these tasks (`(worker, task id)`) a message about it: REGROUP (stop at
+    /// the next checkpoint: workers joined) or ABORT (end the collective calls now: the group
+    /// lost a member).
+    pub fn tell(&self, job_id: &str, tasks: &[(String, String)], kind: v1::TaskKind) {
         let workers = lock(&self.workers);
         for (worker, task_id) in tasks {
             if let Some(tx) = workers.get(worker).and_then(|w| w.control.as_ref()) {
                 let _ = tx.try_send(Ok(v1::Task {
                     task_id: task_id.clone(),
                     job_id: job_id.to_string(),
-                    kind: v1::TaskKind::Regroup as i32,
+                    kind: kind as i32,
                     ..Default::default()
                 }));
             }

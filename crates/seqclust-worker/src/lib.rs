@@ -334,6 +334,11 @@ async fn session(
                         state.release(&task.job_id, true);
                         continue;
                     }
+                    if kind == TaskKind::Abort {
+                        info!(task = %task.task_id, "the training group lost a member: ending its collective calls");
+                        state.abort(&task.task_id);
+                        continue;
+                    }
                     if kind == TaskKind::Regroup {
                         info!(task = %task.task_id, "a worker joined: training stops at its next checkpoint");
                         state.regroup(&task.task_id);

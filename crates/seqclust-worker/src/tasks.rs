@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use seqclust_collective::{Local, Ring, RingConfig};
+use seqclust_collective::{Local, Ring, RingAbort, RingConfig};
 use seqclust_data::Location;
 use seqclust_data::embeddings::{AssignmentColumns, assignments_parquet};
 use seqclust_job::JobSpec;
@@ -59,6 +59,8 @@ pub(crate) struct WorkerState {
     cancelled: Mutex<HashSet<String>>,
     /// TRAIN tasks asked to stop at their next checkpoint (a worker joined the job).
     regroup: Mutex<HashSet<String>>,
+    /// The running TRAIN task's ring, to end its calls when the group lost a member.
+    aborts: Mutex<HashMap<String, RingAbort>>,
     stopping: AtomicBool,
 }
 
@@ -93,6 +95,7 @@ impl WorkerState {
             jobs: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
             regroup: Mutex::new(HashSet::new()),
+            aborts: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         }
     }
@@ -101,6 +104,14 @@ impl WorkerState {
     /// checkpoint, so that the coordinator forms its group again with more workers.
     pub fn regroup(&self, task_id: &str) {
         lock(&self.regroup).insert(task_id.to_string());
+    }
+
+    /// Ends the collective calls of the TRAIN task `task_id` now (its group lost a member);
+    /// the task then fails, retryable.
+    pub fn abort(&self, task_id: &str) {
+        if let Some(a) = lock(&self.aborts).remove(task_id) {
+            a.abort();
+        }
     }
 
     fn wants_regroup(&self, task_id: &str) -> bool {
@@ -152,6 +163,7 @@ impl WorkerState {
             TaskKind::Train => {
                 let out = self.train(cx, task, &spec, &run);
                 lock(&self.regroup).remove(&task.task_id);
+                lock(&self.aborts).remove(&task.task_id);
                 out
             }
             TaskKind::Embed => self.embed(cx, task, &spec, &run),
@@ -159,7 +171,7 @@ impl WorkerState {
             TaskKind::Partials => self.partials(cx, task, &spec),
             TaskKind::Assign => self.assign(cx, task, &spec, &run),
             TaskKind::NcclId => nccl_id(task),
-            TaskKind::Release | TaskKind::Regroup | TaskKind::Unspecified => {
+            TaskKind::Release | TaskKind::Regroup | TaskKind::Abort | TaskKind::Unspecified => {
                 Err(bad(task, "not a runnable task"))
             }
         }
@@ -200,6 +212,7 @@ impl WorkerState {
                     ..RingConfig::default()
                 },
             )?;
+            lock(&self.aborts).insert(task.task_id.clone(), ring.abort_handle()?);
             train_with(&job, run, &cx.rt, &obs, &mut Metered(&mut ring))?
         };
         // a model trained again must be loaded again

@@ -290,7 +290,7 @@ async fn stand_in(
                 res.summary_json =
                     json!({ "counts": counts, "inertia": 0.0, "files": files }).to_string();
             }
-            TaskKind::Release | TaskKind::Regroup => return Ok(()),
+            TaskKind::Release | TaskKind::Regroup | TaskKind::Abort => return Ok(()),
             _ => {}
         }
         c.complete_task(res).await?;

@@ -61,6 +61,23 @@ pub struct Ring {
     poisoned: Option<String>,
 }
 
+/// Ends a group's calls from another thread: shuts both links down, so that a rank blocked
+/// in a call whose peer is cut off by the network fails at once instead of at the deadline
+/// (a partition drops packets without closing anything).
+#[derive(Debug)]
+pub struct RingAbort {
+    links: Vec<TcpStream>,
+}
+
+impl RingAbort {
+    /// Shuts both links down; the blocked or next call fails with a peer error.
+    pub fn abort(&self) {
+        for s in &self.links {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 /// Operation codes of the per-call header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -133,6 +150,19 @@ impl Ring {
         ring.prev = Some(ring.accept_prev(&listener, deadline)?);
         ring.negotiate_shared_memory()?;
         Ok(ring)
+    }
+
+    /// A handle that ends this group's calls from another thread ([`RingAbort::abort`]).
+    pub fn abort_handle(&self) -> Result<RingAbort> {
+        let links = [&self.next, &self.prev]
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                s.try_clone()
+                    .map_err(|e| Error::Invalid(format!("cannot clone a link: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RingAbort { links })
     }
 
     /// Offers the previous rank a shared-memory segment for the data it sends us, answers the

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// ).unwrap();
 /// config.validate().unwrap();
 /// assert_eq!(config.timeout, std::time::Duration::from_millis(2500));
-/// assert_eq!(config.retries, 3);
+/// assert_eq!(config.retries, 6);
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,7 +33,9 @@ pub struct EtcdConfig {
     #[serde(with = "seconds")]
     pub timeout: Duration,
     /// How many times a request that failed transiently (unavailable, timed out) is tried
-    /// again, with exponential backoff, before its error is returned.
+    /// again, with exponential backoff (50 ms doubling to 2 s), before its error is returned.
+    /// The default 6 waits about 3 s in all, longer than an etcd leader election (1–2 s
+    /// after a member is lost), so that a member loss is invisible.
     pub retries: u32,
     /// CA certificate (PEM) that signed the etcd members' certificates: TLS to `https://`
     /// endpoints. Every endpoint must then be `https://`.
@@ -54,7 +56,7 @@ impl Default for EtcdConfig {
             username: None,
             password: None,
             timeout: Duration::from_secs(5),
-            retries: 3,
+            retries: 6,
             ca: None,
             cert: None,
             key: None,
