@@ -248,7 +248,8 @@ fn a_crash_at_any_commit_write_leaves_old_or_new_run() {
         let status = Command::new(&exe)
             .args([
                 "--exact",
-                "commit_child",
+                // the test's name in the cluster binary (tests/cluster.rs)
+                "artifacts::commit_child",
                 "--nocapture",
                 "--test-threads",
                 "1",

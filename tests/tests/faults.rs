@@ -295,7 +295,3 @@ fn a_job_on_s3_survives_a_lost_worker_and_a_coordinator_crash_in_its_commit() {
         "on S3: a lost worker and a coordinator crash in the commit; the job committed once, ARI {score:.4}"
     );
 }
-
-// The bounded soak (ignored in the ordinary suite), in this binary to save a link.
-#[path = "parts/soak.rs"]
-mod soak;

@@ -481,7 +481,3 @@ fn submit_flags_set_the_worker_bounds() {
     // no worker is registered: the job waits for two
     assert_eq!(phase_of(&c.get(&id)).unwrap(), Phase::Pending);
 }
-
-// The WorkerService fuzzing, in this binary to save a link.
-#[path = "parts/fuzz_worker_service.rs"]
-mod fuzz_worker_service;

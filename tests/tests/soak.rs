@@ -4,7 +4,7 @@
 //! committed exactly once with clusters equal to an undisturbed run's.
 //!
 //! Not in the ordinary suite (minutes): run it with
-//! `cargo test --release --workspace --test faults -- --ignored --nocapture soak`
+//! `cargo test --release --workspace --test cluster -- --ignored --nocapture soak`
 //! (`SEQCLUST_SOAK_TRIALS`, default 50; `SEQCLUST_SOAK_SEED`, default 1). It needs root for
 //! the namespaces and etcd on PATH.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -30,7 +30,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 #[test]
-#[ignore = "soak, minutes: cargo test --release --workspace --test faults -- --ignored --nocapture soak"]
+#[ignore = "soak, minutes: cargo test --release --workspace --test cluster -- --ignored --nocapture soak"]
 fn randomised_faults_lose_or_duplicate_no_committed_run() {
     let trials: usize = env_or("SEQCLUST_SOAK_TRIALS", 50);
     let seed: u64 = env_or("SEQCLUST_SOAK_SEED", 1);
