@@ -13,7 +13,7 @@ use seqclust_data::Location;
 use seqclust_data::dataset::Dataset;
 use seqclust_proto::v1;
 use seqclust_proto::v1::inference_service_client::InferenceServiceClient;
-use seqclust_serve::{BatchConfig, ServeConfig};
+use seqclust_serve::{BatchConfig, Precision, ServeConfig};
 use seqclust_tests::{TestCluster, http};
 
 const MINUTES: Duration = Duration::from_secs(240);
@@ -114,6 +114,7 @@ fn a_published_run_is_analysed_readable_and_served() {
                 poll: Duration::from_millis(100),
                 batch: BatchConfig::default(),
                 tls: None,
+                precision: Precision::F32,
             },
             stop,
         ))
@@ -154,6 +155,65 @@ fn a_published_run_is_analysed_readable_and_served() {
         rec.items.iter().all(|i| !seen.contains(&i.item.as_str())),
         "seen items are excluded"
     );
+
+    // the same run served with int8 item scoring recommends
+    // nearly the same items, and assigns the same clusters
+    let (int8_stop_tx, int8_stop) = tokio::sync::watch::channel(false);
+    let int8 =
+        c.rt.block_on(seqclust_serve::serve(
+            ServeConfig {
+                root: c.root_str(),
+                run: first.clone(),
+                grpc: "127.0.0.1:0".parse().unwrap(),
+                http: None,
+                poll: Duration::from_secs(3600),
+                batch: BatchConfig::default(),
+                tls: None,
+                precision: Precision::Int8,
+            },
+            int8_stop,
+        ))
+        .unwrap();
+    let mut cl8 =
+        c.rt.block_on(InferenceServiceClient::connect(format!(
+            "http://{}",
+            int8.grpc
+        )))
+        .unwrap();
+    let (mut same, mut total) = (0, 0);
+    for (_, r) in &reqs {
+        let top = |cl: &mut InferenceServiceClient<_>| {
+            let rec = c.rt.block_on(cl.recommend(v1::RecommendRequest {
+                events: r.events.clone(),
+                n: 10,
+            }));
+            let items: Vec<String> = rec
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| i.item)
+                .collect();
+            items
+        };
+        let (f, q) = (top(&mut cl), top(&mut cl8));
+        assert_eq!(q.len(), 10);
+        same += q.iter().filter(|i| f.contains(i)).count();
+        total += 10;
+        let a = |cl: &mut InferenceServiceClient<_>| {
+            c.rt.block_on(cl.assign(r.clone()))
+                .unwrap()
+                .into_inner()
+                .cluster
+        };
+        assert_eq!(a(&mut cl), a(&mut cl8));
+    }
+    eprintln!("int8 item scoring: {same} of {total} recommended items as with f32");
+    assert!(
+        same * 100 >= total * 80,
+        "{same} of {total} int8 recommendations agree"
+    );
+    let _ = int8_stop_tx.send(true);
 
     // bad input: clear errors, never a panic
     let status = |r: v1::SequenceRequest| c.rt.block_on(cl.clone().assign(r)).unwrap_err();
@@ -314,14 +374,14 @@ fn a_published_run_is_analysed_readable_and_served() {
     assert_eq!(a.run_id, second);
     // and serve refuses to start on it
     let err =
-        c.rt.block_on(seqclust_serve::open(&c.root_str(), &bad_id))
+        c.rt.block_on(seqclust_serve::open(&c.root_str(), &bad_id, Precision::F32))
             .err()
             .unwrap();
     assert!(err.to_string().contains("centroids.safetensors"), "{err}");
     // or on a run that was never committed
     std::fs::remove_file(dst.join("_MANIFEST.json")).unwrap();
     let err =
-        c.rt.block_on(seqclust_serve::open(&c.root_str(), &bad_id))
+        c.rt.block_on(seqclust_serve::open(&c.root_str(), &bad_id, Precision::F32))
             .err()
             .unwrap();
     assert!(err.to_string().contains("never committed"), "{err}");

@@ -271,7 +271,9 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
             m.full.ndcg.get(&k).copied().unwrap_or(0.0),
         )
     };
-    let ((hf, nf), (hi, ni)) = (at(&mf, 10), at(&mi, 10));
+    // and ranked as `seqclust serve --precision int8` ranks (int8 table and vectors)
+    let ms = seqclust_trainer::evaluate_scored(&int8, &test, 512, seqclust_model::Precision::Int8)?;
+    let ((hf, nf), (hi, ni), (hs, ns)) = (at(&mf, 10), at(&mi, 10), at(&ms, 10));
 
     let mut seqs: Vec<Owned> = Vec::new();
     for s in 0..ds.num_shards() {
@@ -311,6 +313,9 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
         "test_users": mf.full.users,
         "hr10": {"f32": hf, "int8": hi, "relative_change": (hi - hf) / hf.max(1e-12)},
         "ndcg10": {"f32": nf, "int8": ni, "relative_change": (ni - nf) / nf.max(1e-12)},
+        "int8_scoring": {"hr10": hs, "ndcg10": ns,
+                         "hr10_relative_change": (hs - hf) / hf.max(1e-12),
+                         "ndcg10_relative_change": (ns - nf) / nf.max(1e-12)},
         "assignments": {"users": lf.len(), "k": a.k, "ari_vs_f32": adjusted_rand_index(&lf, &li), "moved": moved},
         "embed_users_per_s": {"f32": seqs.len() as f64 / embed_f, "int8": seqs.len() as f64 / embed_i},
     });
@@ -320,6 +325,7 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
         println!(
             "int8 model in {}/model: item table {:.1} MB → {:.1} MB ({:.2}× smaller), model file {:.1} MB → {:.1} MB\n\
              HR@10 {hf:.4} → {hi:.4} ({:+.2} %), NDCG@10 {nf:.4} → {ni:.4} ({:+.2} %) on {} test users\n\
+             with int8 scoring too (serve --precision int8): HR@10 {hs:.4} ({:+.2} %), NDCG@10 {ns:.4} ({:+.2} %)\n\
              assignments (k = {}, centroids of the f32 vectors): ARI {:.4} vs f32, {moved} of {} users moved",
             a.out,
             table_f32 as f64 / 1e6,
@@ -330,6 +336,8 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
             100.0 * (hi - hf) / hf.max(1e-12),
             100.0 * (ni - nf) / nf.max(1e-12),
             mf.full.users,
+            100.0 * (hs - hf) / hf.max(1e-12),
+            100.0 * (ns - nf) / nf.max(1e-12),
             a.k,
             adjusted_rand_index(&lf, &li),
             lf.len(),

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Its private key (PEM).
     #[arg(long, env = "SEQCLUST_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Recommend's item scoring: f32, or int8 (the item table as int8 with per-row scales,
+    /// int8 dot products; see docs/QUALITY.md for what it changes).
+    #[arg(long, default_value = "f32", env = "SEQCLUST_SERVE_PRECISION")]
+    precision: seqclust_serve::Precision,
 }
 
 pub fn run(a: ServeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -70,6 +74,7 @@ pub fn run(a: ServeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         http,
         poll: Duration::from_secs_f64(a.poll_s),
         batch,
+        precision: a.precision,
         tls: seqclust_proto::security::TlsConfig {
             cert: a.tls_cert,
             key: a.tls_key,

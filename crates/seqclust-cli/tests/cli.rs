@@ -643,6 +643,14 @@ fn eval_clustering_scores_encoder_and_baselines() {
         "{q}"
     );
     assert!(
+        q["int8_scoring"]["hr10_relative_change"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 0.25,
+        "{q}"
+    );
+    assert!(
         q["assignments"]["ari_vs_f32"].as_f64().unwrap() > 0.8,
         "{q}"
     );

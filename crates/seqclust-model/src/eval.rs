@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use candle_core::{Device, Tensor};
 use rand::RngExt;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Ctx, Result};
+use crate::error::Result;
 use crate::features::FIRST_ITEM;
+use crate::scoring::{ItemScorer, Precision};
 
 /// How items the user already interacted with are treated in full ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -103,33 +103,35 @@ pub struct Candidates<'a> {
     pub histories: &'a [Vec<u32>],
 }
 
-/// Full-ranking metrics (see [`Candidates`]).
+/// Full-ranking metrics (see [`Candidates`]), with f32 scores.
 pub fn full_ranking(c: Candidates<'_>, ks: &[usize], mask: HistoryMask) -> Result<RankMetrics> {
+    let scorer = ItemScorer::new(c.items, c.items.len() / c.d.max(1), c.d, Precision::F32)?;
+    full_ranking_with(c, &scorer, ks, mask)
+}
+
+/// Full-ranking metrics with the scores of `scorer`, which holds `c.items` (in f32 or int8:
+/// what serving with that precision ranks).
+pub fn full_ranking_with(
+    c: Candidates<'_>,
+    scorer: &ItemScorer,
+    ks: &[usize],
+    mask: HistoryMask,
+) -> Result<RankMetrics> {
     let Candidates {
         users,
-        items,
         d,
         targets,
         histories,
+        ..
     } = c;
     let n = targets.len();
-    let v = items.len() / d;
-    let dev = Device::Cpu;
-    let it = Tensor::from_slice(items, (v, d), &dev)
-        .ctx("items")?
-        .t()
-        .ctx("items")?;
+    let v = scorer.rows();
     let mut ranks = Vec::with_capacity(n);
     const BLOCK: usize = 512;
     for a in (0..n).step_by(BLOCK) {
         let b = (a + BLOCK).min(n);
-        let u = Tensor::from_slice(&users[a * d..b * d], (b - a, d), &dev).ctx("users")?;
-        let scores = u
-            .matmul(&it)
-            .ctx("scores")?
-            .to_vec2::<f32>()
-            .ctx("scores")?;
-        for (k, row) in scores.iter().enumerate() {
+        let scores = scorer.scores(&users[a * d..b * d])?;
+        for (k, row) in scores.chunks_exact(v).enumerate() {
             let i = a + k;
             let h: HashSet<u32> = histories[i]
                 .iter()

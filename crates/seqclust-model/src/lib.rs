@@ -12,6 +12,7 @@ pub mod objective;
 pub mod optim;
 pub mod quant;
 pub mod recurrent;
+pub mod scoring;
 pub mod transformer;
 pub mod whitening;
 
@@ -19,10 +20,11 @@ pub use config::{
     EncoderConfig, EncoderKind, NextItemLoss, ObjectiveConfig, Pooling, Positions, Vocab,
 };
 pub use error::{Error, Result};
-pub use eval::{HistoryMask, RankMetrics, full_ranking, sampled_ranking};
+pub use eval::{HistoryMask, RankMetrics, full_ranking, full_ranking_with, sampled_ranking};
 pub use features::{BatchInput, SeqInput};
 pub use item_table::{AdamParams, ItemTable, SparseGrad};
 pub use model::{Encoded, SeqModel};
 pub use objective::{Gradients, Intents, Popularity, StepCtx, Whitened, step};
 pub use optim::{Optimizer, Schedule, StepReport};
+pub use scoring::{ItemScorer, Precision};
 pub use whitening::{Moments, Whitening};

@@ -181,10 +181,18 @@ fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
     let space = m.model.cluster_vectors(vectors.clone());
     let asg = assign(&Points::new(&space, d)?, &m.packed);
     let run_id: Arc<str> = Arc::from(m.run_id.as_str());
-    let table_rows = m.model.vocab().items;
+    // every Recommend of the batch against the item table in one product
+    let wanted: Vec<f32> = wants
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| matches!(w, Want::Recommend(_)))
+        .flat_map(|(i, _)| vectors[i * d..(i + 1) * d].iter().copied())
+        .collect();
+    let all_scores = m.scorer.scores(&wanted)?;
+    let table_rows = m.scorer.rows();
+    let mut scored = all_scores.chunks_exact(table_rows.max(1));
     let mut out = Vec::with_capacity(seqs.len());
     for (i, (seq, want)) in seqs.iter().zip(wants).enumerate() {
-        let v = &vectors[i * d..(i + 1) * d];
         let a = asg[i];
         let mut ans = Answer {
             run_id: run_id.clone(),
@@ -199,11 +207,9 @@ fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
             Want::Embed => ans.vector = space[i * d..(i + 1) * d].to_vec(),
             Want::Assign => {}
             Want::Recommend(n) => {
-                let table = &m.model.items.values()[..table_rows * d];
-                let scores: Vec<f32> = table
-                    .chunks_exact(d)
-                    .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
-                    .collect();
+                let scores = scored.next().ok_or_else(|| {
+                    Error::Unavailable("the item scores of a batch are missing".into())
+                })?;
                 let cfg = seqclust_analysis::RecommendConfig {
                     n,
                     ..m.recommend.clone()
@@ -212,7 +218,7 @@ fn answer(m: &Loaded, seqs: &[Owned], wants: &[Want]) -> Result<Vec<Answer>> {
                     .trending
                     .get(a.cluster as usize)
                     .map_or(Trend::None, |t| Trend::Sparse(t));
-                ans.items = blend_top(&scores, &seq.items, trend, &cfg)
+                ans.items = blend_top(scores, &seq.items, trend, &cfg)
                     .into_iter()
                     .map(|(i, s)| (m.item_key(i), s))
                     .collect();

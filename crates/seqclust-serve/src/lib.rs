@@ -25,6 +25,7 @@ pub use batcher::{BatchConfig, Batcher, Want};
 pub use error::{Error, Result};
 pub use loaded::{EventIn, Loaded, MAX_EVENTS};
 pub use metrics::Metrics;
+pub use seqclust_model::Precision;
 
 /// How `seqclust serve` runs.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub batch: BatchConfig,
     /// TLS on the gRPC listener (`seqclust serve --tls-cert/--tls-key`); `None`: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The arithmetic of Recommend's item scoring (`seqclust serve --precision`).
+    pub precision: Precision,
 }
 
 /// Shared by the gRPC and HTTP front ends.
@@ -244,10 +247,10 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<()>,
 }
 
-/// Opens and loads the run `spec` under `root`.
-pub async fn open(root: &str, spec: &str) -> Result<(Run, Loaded)> {
+/// Opens and loads the run `spec` under `root`, to score items in `precision`.
+pub async fn open(root: &str, spec: &str, precision: Precision) -> Result<(Run, Loaded)> {
     let run = Run::open_any(root, spec).await?;
-    let loaded = Loaded::load(&run).await?;
+    let loaded = Loaded::load(&run, precision).await?;
     Ok((run, loaded))
 }
 
@@ -255,8 +258,14 @@ pub async fn open(root: &str, spec: &str) -> Result<(Run, Loaded)> {
 /// is polled and a new run is loaded, verified and swapped in without failing a request; a
 /// run that does not load is refused and the old one keeps serving.
 pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<Running> {
-    let (_, loaded) = open(&cfg.root, &cfg.run).await?;
-    info!(run = %loaded.run_id, k = loaded.k, "serving");
+    let (_, loaded) = open(&cfg.root, &cfg.run, cfg.precision).await?;
+    info!(
+        run = %loaded.run_id,
+        k = loaded.k,
+        precision = %cfg.precision,
+        item_table_bytes = loaded.scorer.bytes(),
+        "serving"
+    );
     let metrics = Arc::new(Metrics::new());
     metrics
         .run
@@ -316,6 +325,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<
             cfg.root.clone(),
             name.to_string(),
             cfg.poll,
+            cfg.precision,
             server.clone(),
             shutdown.clone(),
         ));
@@ -339,6 +349,7 @@ async fn watch_latest(
     root: String,
     name: String,
     poll: Duration,
+    precision: Precision,
     server: Arc<Server>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -362,7 +373,7 @@ async fn watch_latest(
         if id == server.current.load().run_id || refused.as_deref() == Some(id.as_str()) {
             continue;
         }
-        match open(&root, &id).await {
+        match open(&root, &id, precision).await {
             Ok((_, loaded)) => {
                 info!(from = %server.current.load().run_id, to = %id, "reloaded");
                 server.install(loaded);

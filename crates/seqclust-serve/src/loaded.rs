@@ -7,7 +7,7 @@ use seqclust_artifacts::Run;
 use seqclust_artifacts::tensors::{CENTROIDS, Centroids};
 use seqclust_data::vocab::KeyVocab;
 use seqclust_kmeans::{Metric, Packed};
-use seqclust_model::SeqModel;
+use seqclust_model::{ItemScorer, Precision, SeqModel};
 use seqclust_trainer::Owned;
 
 use crate::error::{Error, Result};
@@ -42,6 +42,8 @@ pub struct Loaded {
     pub committed_unix_ms: i64,
     /// The encoder.
     pub model: SeqModel,
+    /// The item table for Recommend, in the serving precision.
+    pub scorer: ItemScorer,
     /// The centroids, packed for assignment.
     pub packed: Packed,
     /// k.
@@ -66,8 +68,9 @@ fn bad_run(run: &Run, message: impl Into<String>) -> Error {
 }
 
 impl Loaded {
-    /// Loads and checks everything serving needs from a committed run.
-    pub async fn load(run: &Run) -> Result<Loaded> {
+    /// Loads and checks everything serving needs from a committed run; Recommend scores the
+    /// item table in `precision`.
+    pub async fn load(run: &Run, precision: Precision) -> Result<Loaded> {
         let (model, _) = seqclust_trainer::model_from_bytes(
             &run.read("model/config.json").await?,
             &run.read("model/encoder.safetensors").await?,
@@ -78,6 +81,9 @@ impl Loaded {
             &run.location().display_of(CENTROIDS),
         )?;
         let d = model.config().dim;
+        // scoring leaves out the Cloze mask row
+        let rows = model.vocab().items;
+        let scorer = ItemScorer::new(&model.items.values()[..rows * d], rows, d, precision)?;
         if c.d != d {
             return Err(bad_run(
                 run,
@@ -152,6 +158,7 @@ impl Loaded {
             name: run.manifest().info.name.clone(),
             committed_unix_ms: run.manifest().committed_unix_ms,
             model,
+            scorer,
             packed,
             k,
             items,

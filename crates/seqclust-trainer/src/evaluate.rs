@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use seqclust_model::eval::Candidates;
 use seqclust_model::features::SeqBuf;
 use seqclust_model::{
-    BatchInput, HistoryMask, RankMetrics, SeqInput, SeqModel, full_ranking, sampled_ranking,
+    BatchInput, HistoryMask, ItemScorer, Precision, RankMetrics, SeqInput, SeqModel,
+    full_ranking_with, sampled_ranking,
 };
 
 use crate::error::Result;
@@ -67,6 +68,17 @@ pub struct Evaluation {
 
 /// Evaluates on `(history, target)` examples.
 pub fn evaluate(model: &SeqModel, examples: &[(Owned, u32)], batch: usize) -> Result<Evaluation> {
+    evaluate_scored(model, examples, batch, Precision::F32)
+}
+
+/// [`evaluate`] with the full rankings scored in `precision` (int8: as `seqclust serve
+/// --precision int8` ranks); the sampled ranking is always f32.
+pub fn evaluate_scored(
+    model: &SeqModel,
+    examples: &[(Owned, u32)],
+    batch: usize,
+    precision: Precision,
+) -> Result<Evaluation> {
     let hist: Vec<Owned> = examples.iter().map(|(h, _)| h.clone()).collect();
     let targets: Vec<u32> = examples.iter().map(|(_, t)| *t).collect();
     let histories: Vec<Vec<u32>> = hist.iter().map(|h| h.items.clone()).collect();
@@ -82,9 +94,10 @@ pub fn evaluate(model: &SeqModel, examples: &[(Owned, u32)], batch: usize) -> Re
         targets: &targets,
         histories: &histories,
     };
+    let scorer = ItemScorer::new(items, model.vocab().items, d, precision)?;
     Ok(Evaluation {
-        full: full_ranking(c, &KS, HistoryMask::Exclude)?,
-        full_zero_mask: full_ranking(c, &KS, HistoryMask::Zero)?,
+        full: full_ranking_with(c, &scorer, &KS, HistoryMask::Exclude)?,
+        full_zero_mask: full_ranking_with(c, &scorer, &KS, HistoryMask::Zero)?,
         sampled_99: sampled_ranking(c, 99, &KS, 12345),
     })
 }

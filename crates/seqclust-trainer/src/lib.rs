@@ -16,7 +16,7 @@ pub use checkpoint::{
 pub use config::{DatasetRef, TrainConfig, TrainJob};
 pub use data_parallel::{average_gradients, shard_of};
 pub use error::{Error, Result};
-pub use evaluate::{Evaluation, embed, embed_for_clusters, evaluate};
+pub use evaluate::{Evaluation, embed, embed_for_clusters, evaluate, evaluate_scored};
 pub use examples::{Holdout, Owned};
 pub use train::{
     EvalLog, Observer, StepLog, TrainReport, held_out_examples, open_dataset, train, train_with,

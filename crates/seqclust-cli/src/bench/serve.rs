@@ -1,6 +1,6 @@
-//! `seqclust bench serve`: Assign requests per second and latency of `seqclust serve` under a
-//! closed-loop load generator on loopback gRPC, against a synthetic committed run (a GRU
-//! encoder over a 20k-item vocabulary, k = 1000 centroids, 50-event sequences).
+//! `seqclust bench serve`: Assign (or Recommend) requests per second and latency of `seqclust
+//! serve` under a closed-loop load generator on loopback gRPC, against a synthetic committed
+//! run (a GRU encoder over a 20k-item vocabulary, k = 1000 centroids, 50-event sequences).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,15 @@ pub struct ServeBench {
     /// Microseconds a batcher lingers for more requests.
     #[arg(long, default_value_t = 0)]
     max_wait_us: u64,
+    /// The call measured: assign, or recommend (top `--n` of every item).
+    #[arg(long, default_value = "assign", value_parser = ["assign", "recommend"])]
+    method: String,
+    /// Items per Recommend.
+    #[arg(long, default_value_t = 10)]
+    n: u32,
+    /// Recommend's item scoring (`seqclust serve --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: seqclust_serve::Precision,
     /// A label for the JSON lines.
     #[arg(long, default_value = "round1")]
     tag: String,
@@ -159,6 +168,30 @@ fn request(r: &mut rand::rngs::ChaCha8Rng, b: &ServeBench) -> v1::SequenceReques
     }
 }
 
+/// One Assign, or one Recommend of the top `n`.
+async fn call(
+    cl: &mut v1::inference_service_client::InferenceServiceClient<tonic::transport::Channel>,
+    q: v1::SequenceRequest,
+    recommend: bool,
+    n: u32,
+) -> Result<()> {
+    if recommend {
+        let r = cl
+            .recommend(v1::RecommendRequest {
+                events: q.events,
+                n,
+            })
+            .await?;
+        anyhow::ensure!(
+            r.get_ref().items.len() == n as usize,
+            "short recommendation"
+        );
+    } else {
+        cl.assign(q).await?;
+    }
+    Ok(())
+}
+
 pub fn run(b: ServeBench) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let levels: Vec<usize> = b
@@ -191,9 +224,12 @@ pub fn run(b: ServeBench) -> Result<()> {
                 ..BatchConfig::default()
             },
             tls: None,
+            precision: b.precision,
         },
         stop,
     ))?;
+    let recommend = b.method == "recommend";
+    let n = b.n;
     let addr = format!("http://{}", running.grpc);
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -210,7 +246,7 @@ pub fn run(b: ServeBench) -> Result<()> {
             // warm up
             let mut cl = v1::inference_service_client::InferenceServiceClient::new(ch.clone());
             for q in pool.iter().take(32) {
-                cl.assign(q.clone()).await?;
+                call(&mut cl, q.clone(), recommend, n).await?;
             }
             let probe = Probe::start();
             let t0 = Instant::now();
@@ -227,7 +263,7 @@ pub fn run(b: ServeBench) -> Result<()> {
                         let q = pool[i % pool.len()].clone();
                         i += 1;
                         let t = Instant::now();
-                        cl.assign(q).await?;
+                        call(&mut cl, q, recommend, n).await?;
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     Ok::<_, anyhow::Error>(lat)
@@ -247,7 +283,9 @@ pub fn run(b: ServeBench) -> Result<()> {
             json!({
                 "script": "serve_rust", "tag": b.tag,
                 "args": {"k": b.k, "events": b.events, "items": b.items, "dim": b.dim,
-                         "method": "Assign", "encoder": "gru", "max_batch": b.max_batch,
+                         "method": if recommend { "Recommend" } else { "Assign" },
+                         "n": recommend.then_some(b.n), "precision": b.precision.to_string(),
+                         "encoder": "gru", "max_batch": b.max_batch,
                          "batchers": b.batchers, "max_wait_us": b.max_wait_us},
                 "results": [{
                     "impl": "seqclust serve (gRPC, micro-batched)",
