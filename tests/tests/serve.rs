@@ -156,8 +156,8 @@ fn a_published_run_is_analysed_readable_and_served() {
         "seen items are excluded"
     );
 
-    // the same run served with int8 item scoring recommends
-    // nearly the same items, and assigns the same clusters
+    // the same run served with an int8 item table (the encoder's input rows and the
+    // scoring) recommends nearly the same items and assigns nearly the same clusters
     let (int8_stop_tx, int8_stop) = tokio::sync::watch::channel(false);
     let int8 =
         c.rt.block_on(seqclust_serve::serve(
@@ -180,7 +180,7 @@ fn a_published_run_is_analysed_readable_and_served() {
             int8.grpc
         )))
         .unwrap();
-    let (mut same, mut total) = (0, 0);
+    let (mut same, mut total, mut agree) = (0, 0, 0);
     for (_, r) in &reqs {
         let top = |cl: &mut InferenceServiceClient<_>| {
             let rec = c.rt.block_on(cl.recommend(v1::RecommendRequest {
@@ -206,12 +206,21 @@ fn a_published_run_is_analysed_readable_and_served() {
                 .into_inner()
                 .cluster
         };
-        assert_eq!(a(&mut cl), a(&mut cl8));
+        agree += usize::from(a(&mut cl) == a(&mut cl8));
     }
-    eprintln!("int8 item scoring: {same} of {total} recommended items as with f32");
+    eprintln!(
+        "int8 item table: {same} of {total} recommended items and {agree} of {} clusters as \
+         with f32",
+        reqs.len()
+    );
     assert!(
         same * 100 >= total * 80,
         "{same} of {total} int8 recommendations agree"
+    );
+    assert!(
+        agree * 100 >= reqs.len() * 95,
+        "{agree} of {} int8 assignments agree",
+        reqs.len()
     );
     let _ = int8_stop_tx.send(true);
 

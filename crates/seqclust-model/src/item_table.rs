@@ -3,6 +3,15 @@
 //! leaf, summed per row, is the table's gradient as (row ids, rows) — what lazy Adam updates
 //! and what data-parallel workers exchange, in size proportional to the rows touched rather
 //! than the vocabulary.
+//!
+//! The values are f32 while training, or int8 with one scale per row for serving
+//! ([`ItemTable::quantize_in_place`]); either way they sit behind an `Arc` that the
+//! [`crate::ItemScorer`] built from the table shares, so a served model holds its item table
+//! once. The optimiser moments are allocated by the first update: a table that is only read
+//! holds its values alone.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -10,6 +19,7 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::quant::Int8Rows;
 
 /// A row-sparse gradient: sorted unique row ids and their summed gradient rows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -154,12 +164,22 @@ fn resident_zeros(n: usize) -> Vec<f32> {
     v
 }
 
-/// The item table with lazy-Adam state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The values of an item table, shared with the scorers built from it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Values {
+    /// f32, trainable.
+    F32(Arc<Vec<f32>>),
+    /// int8 with one scale per row, read-only.
+    Int8(Arc<Int8Rows>),
+}
+
+/// The item table with lazy-Adam state (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ItemTable {
     rows: usize,
     dim: usize,
-    data: Vec<f32>,
+    values: Values,
+    /// Adam moments; empty until the first update.
     m: Vec<f32>,
     v: Vec<f32>,
 }
@@ -177,9 +197,9 @@ impl ItemTable {
         ItemTable {
             rows,
             dim,
-            m: resident_zeros(rows * dim),
-            v: resident_zeros(rows * dim),
-            data,
+            values: Values::F32(Arc::new(data)),
+            m: Vec::new(),
+            v: Vec::new(),
         }
     }
 
@@ -194,10 +214,53 @@ impl ItemTable {
         Ok(ItemTable {
             rows,
             dim,
-            m: resident_zeros(rows * dim),
-            v: resident_zeros(rows * dim),
-            data,
+            values: Values::F32(Arc::new(data)),
+            m: Vec::new(),
+            v: Vec::new(),
         })
+    }
+
+    /// From int8 rows (read-only: [`ItemTable::apply`] refuses it).
+    pub fn from_int8(q: Int8Rows) -> Result<ItemTable> {
+        q.check()?;
+        Ok(ItemTable {
+            rows: q.rows,
+            dim: q.cols,
+            values: Values::Int8(Arc::new(q)),
+            m: Vec::new(),
+            v: Vec::new(),
+        })
+    }
+
+    /// Replaces f32 values by int8 ones (one scale per row) and drops the optimiser state:
+    /// what a served int8 model holds. [`ItemTable::gather`] then reads `q × scale`, exactly
+    /// what a model whose table was dequantised from the same int8 values reads.
+    pub fn quantize_in_place(&mut self) -> Result<()> {
+        if let Values::F32(data) = &self.values {
+            let q = Int8Rows::quantize(data, self.rows, self.dim)?;
+            self.values = Values::Int8(Arc::new(q));
+            self.m = Vec::new();
+            self.v = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Whether the values are int8.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.values, Values::Int8(_))
+    }
+
+    /// Bytes the values and the optimiser state take in memory.
+    pub fn bytes(&self) -> usize {
+        let values = match &self.values {
+            Values::F32(d) => 4 * d.len(),
+            Values::Int8(q) => q.bytes(),
+        };
+        values + 4 * (self.m.len() + self.v.len())
+    }
+
+    pub(crate) fn shared(&self) -> &Values {
+        &self.values
     }
 
     /// Rows.
@@ -210,19 +273,24 @@ impl ItemTable {
         self.dim
     }
 
-    /// All values, row-major.
-    pub fn values(&self) -> &[f32] {
-        &self.data
+    /// All values, row-major (an int8 table dequantised into a new buffer).
+    pub fn values(&self) -> Cow<'_, [f32]> {
+        match &self.values {
+            Values::F32(d) => Cow::Borrowed(d.as_slice()),
+            Values::Int8(q) => Cow::Owned(q.dequantize()),
+        }
     }
 
-    /// The optimiser moments (m, v), for checkpoints.
+    /// The optimiser moments (m, v), for checkpoints; empty before the first update.
     pub fn moments(&self) -> (&[f32], &[f32]) {
         (&self.m, &self.v)
     }
 
-    /// Restores the optimiser moments.
+    /// Restores the optimiser moments (both empty: none yet).
     pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
-        if m.len() != self.data.len() || v.len() != self.data.len() {
+        let n = self.rows * self.dim;
+        let fresh = m.is_empty() && v.is_empty();
+        if !fresh && (m.len() != n || v.len() != n) {
             return Err(Error::Incompatible(format!(
                 "item-table moments of {} values for a {}×{} table",
                 m.len(),
@@ -240,15 +308,41 @@ impl ItemTable {
     pub fn gather(&self, ids: &[u32]) -> Vec<f32> {
         let d = self.dim;
         let mut out = Vec::with_capacity(ids.len() * d);
-        for &i in ids {
-            let i = if (i as usize) < self.rows {
+        let rows = ids.iter().map(|&i| {
+            if (i as usize) < self.rows {
                 i as usize
             } else {
                 1.min(self.rows - 1)
-            };
-            out.extend_from_slice(&self.data[i * d..(i + 1) * d]);
+            }
+        });
+        match &self.values {
+            Values::F32(data) => {
+                rows.for_each(|i| out.extend_from_slice(&data[i * d..(i + 1) * d]));
+            }
+            Values::Int8(q) => rows.for_each(|i| q.extend_row(i, &mut out)),
         }
         out
+    }
+
+    /// The values and moments for an update: the values copied first if a scorer still
+    /// shares them, the moments allocated on the first update.
+    fn trainable(&mut self) -> Result<(&mut [f32], &mut [f32], &mut [f32])> {
+        let n = self.rows * self.dim;
+        let ItemTable { values, m, v, .. } = self;
+        let Values::F32(data) = values else {
+            return Err(Error::Incompatible(
+                "the item table is int8 (a serving copy) and cannot be trained".into(),
+            ));
+        };
+        if m.is_empty() {
+            *m = resident_zeros(n);
+            *v = resident_zeros(n);
+        }
+        Ok((
+            Arc::make_mut(data).as_mut_slice(),
+            m.as_mut_slice(),
+            v.as_mut_slice(),
+        ))
     }
 
     /// Lazy AdamW: updates only the rows in `grad` (moments and values), with the global step
@@ -261,18 +355,22 @@ impl ItemTable {
                 grad.dim, self.dim
             )));
         }
-        let d = self.dim;
+        let (d, rows) = (self.dim, self.rows);
+        if grad.ids.is_empty() {
+            return Ok(());
+        }
+        let (data, m, v) = self.trainable()?;
         for (k, &id) in grad.ids.iter().enumerate() {
             let r = id as usize;
-            if r == 0 || r >= self.rows {
+            if r == 0 || r >= rows {
                 continue;
             }
             let s = r * d..(r + 1) * d;
             adamw_update(
-                &mut self.data[s.clone()],
+                &mut data[s.clone()],
                 &grad.rows[k * d..(k + 1) * d],
-                &mut self.m[s.clone()],
-                &mut self.v[s],
+                &mut m[s.clone()],
+                &mut v[s],
                 p,
                 step,
             );
@@ -284,18 +382,19 @@ impl ItemTable {
     /// see zeros, which still decays their moments) — the reference the lazy update is
     /// measured against.
     pub fn apply_dense(&mut self, grad: &[f32], p: &AdamParams, step: u64) -> Result<()> {
-        if grad.len() != self.data.len() {
+        let (n, d) = (self.rows * self.dim, self.dim);
+        if grad.len() != n {
             return Err(Error::Shape(format!(
-                "{} gradient values for {} table values",
+                "{} gradient values for {n} table values",
                 grad.len(),
-                self.data.len()
             )));
         }
+        let (data, m, v) = self.trainable()?;
         adamw_update(
-            &mut self.data[self.dim..],
-            &grad[self.dim..],
-            &mut self.m[self.dim..],
-            &mut self.v[self.dim..],
+            &mut data[d..],
+            &grad[d..],
+            &mut m[d..],
+            &mut v[d..],
             p,
             step,
         );
@@ -349,5 +448,48 @@ mod tests {
         );
         // a positive gradient moves the value down by about lr
         assert!((lazy.values()[6] - (before[6] * (1.0 - 0.1 * 0.01) - 0.1)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn moments_come_with_the_first_update_and_clones_copy_on_write() {
+        let mut t = ItemTable::new(5, 4, 2);
+        assert_eq!(t.moments().0.len(), 0);
+        assert_eq!(
+            t.bytes(),
+            4 * 20,
+            "a table that is only read holds its values alone"
+        );
+        let snapshot = t.clone();
+        let g = SparseGrad::from_gathered(&[3], &[1.0; 4], 4).unwrap();
+        t.apply(&g, &AdamParams::default(), 1).unwrap();
+        assert_eq!(t.moments().0.len(), 20);
+        assert_eq!(t.bytes(), 3 * 4 * 20);
+        assert_ne!(&t.values()[12..16], &snapshot.values()[12..16]);
+        assert_eq!(snapshot.gather(&[3]), ItemTable::new(5, 4, 2).gather(&[3]));
+        // restoring moments: none, or one per value
+        t.set_moments(Vec::new(), Vec::new()).unwrap();
+        assert!(t.set_moments(vec![0.0; 3], vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn an_int8_table_reads_dequantised_rows_and_refuses_updates() {
+        let mut t = ItemTable::new(6, 8, 3);
+        let q = Int8Rows::quantize(&t.values(), 6, 8).unwrap();
+        t.quantize_in_place().unwrap();
+        assert!(t.is_int8());
+        assert_eq!(t.bytes(), 6 * (8 + 4));
+        assert_eq!(t.values().as_ref(), q.dequantize().as_slice());
+        // out-of-vocabulary ids read row 1, as for f32
+        assert_eq!(
+            t.gather(&[2, 99]),
+            [&q.dequantize()[16..24], &q.dequantize()[8..16]].concat()
+        );
+        let g = SparseGrad::from_gathered(&[2], &[1.0; 8], 8).unwrap();
+        assert!(t.apply(&g, &AdamParams::default(), 1).is_err());
+        assert!(
+            t.apply_dense(&[0.0; 48], &AdamParams::default(), 1)
+                .is_err()
+        );
+        assert_eq!(ItemTable::from_int8(q).unwrap(), t);
     }
 }

@@ -1,10 +1,11 @@
 //! int8 quantisation for serving: the item table and the weight matrices of the body and
 //! heads, each row with its own scale (symmetric, `scale = max |x| / 127`).
 //!
-//! [`Int8Model`] is what a quantised model file holds; [`Int8Model::apply`] writes the
-//! dequantised values into a model, which then computes exactly what an int8 model with f32
-//! accumulation does (every weight is `q × scale`). Small tables (the action, category, gap,
-//! hour and position embeddings), biases, norms and the whitening stay f32.
+//! [`Int8Model`] is what a quantised model file holds; [`Int8Model::apply`] puts it into a
+//! model (the item table kept as int8 and read as `q × scale`, the weight matrices
+//! dequantised), which then computes exactly what an int8 model with f32 accumulation does.
+//! Small tables (the action, category, gap, hour and position embeddings), biases, norms and
+//! the whitening stay f32.
 
 use crate::error::{Error, Result};
 use crate::item_table::ItemTable;
@@ -51,13 +52,35 @@ impl Int8Rows {
         })
     }
 
+    /// Fails unless there are `rows × cols` values and a scale per row.
+    pub fn check(&self) -> Result<()> {
+        if self.values.len() != self.rows * self.cols || self.scales.len() != self.rows {
+            return Err(Error::Shape(format!(
+                "int8 table of {} values and {} scales for {} × {}",
+                self.values.len(),
+                self.scales.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        Ok(())
+    }
+
     /// The f32 values `q × scale`.
     pub fn dequantize(&self) -> Vec<f32> {
-        self.values
-            .chunks_exact(self.cols.max(1))
-            .zip(&self.scales)
-            .flat_map(|(r, &s)| r.iter().map(move |&q| f32::from(q) * s))
-            .collect()
+        let mut out = Vec::with_capacity(self.values.len());
+        (0..self.rows).for_each(|r| self.extend_row(r, &mut out));
+        out
+    }
+
+    /// Appends row `r` as f32 (`q × scale`).
+    pub fn extend_row(&self, r: usize, out: &mut Vec<f32>) {
+        let s = self.scales[r];
+        out.extend(
+            self.values[r * self.cols..(r + 1) * self.cols]
+                .iter()
+                .map(|&q| f32::from(q) * s),
+        );
     }
 
     /// Bytes of values and scales.
@@ -85,7 +108,7 @@ impl Int8Model {
     /// Quantises a model.
     pub fn of(model: &SeqModel) -> Result<Int8Model> {
         let items =
-            Int8Rows::quantize(model.items.values(), model.items.rows(), model.items.dim())?;
+            Int8Rows::quantize(&model.items.values(), model.items.rows(), model.items.dim())?;
         let mut dense = Vec::new();
         for (name, var) in model.vars()? {
             let dims = var.dims().to_vec();
@@ -111,8 +134,7 @@ impl Int8Model {
                 model.items.dim()
             )));
         }
-        model.items =
-            ItemTable::from_values(self.items.rows, self.items.cols, self.items.dequantize())?;
+        model.items = ItemTable::from_int8(self.items.clone())?;
         let vars = model.vars()?;
         for (name, q) in &self.dense {
             let (_, var) = vars

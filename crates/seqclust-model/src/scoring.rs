@@ -1,8 +1,8 @@
 //! Scoring every item for a batch of user vectors: one matrix product of the users against
 //! the item table, in f32 or int8.
 //!
-//! - [`Precision::F32`]: candle's matmul (the gemm crate, which picks its AVX2/FMA or AVX-512
-//!   kernels at run time).
+//! - [`Precision::F32`]: one GEMM on the `gemm` crate (what candle's matmul runs; AVX2/FMA or
+//!   AVX-512 kernels chosen at run time, on candle's thread count), reading the table in place.
 //! - [`Precision::Int8`]: the table held as int8 with one scale per row ([`Int8Rows`], what
 //!   `seqclust quantize` writes), each user vector quantised the same way (one scale), and
 //!   i8 × i8 dot products summed in i32, then scaled back. The loop is written for the
@@ -10,15 +10,21 @@
 //!   one used chosen at run time), like the encoder kernels. It reads a quarter of the f32
 //!   table's bytes and walks the table once per batch, each row against every vector of it.
 //!
+//! [`ItemScorer::of_table`] shares the model's item table rather than copying it when the
+//! precisions agree (a served int8 model keeps its table as int8 for both the encoder's
+//! input and the scoring), so serving holds one copy of the table.
+//!
 //! candle's own quantised matmul (Q8_0) was the first int8 path: 2× the f32 throughput for
 //! one request at a time but 0.75× under batching, where its per-dot-product overhead on
 //! 64-wide rows dominates (docs/PERFORMANCE.md).
 
-use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
 use multiversion::multiversion;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Ctx, Error, Result};
+use crate::error::{Error, Result};
+use crate::item_table::{ItemTable, Values};
 use crate::quant::Int8Rows;
 
 /// The arithmetic of item scoring.
@@ -52,9 +58,11 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// The rows scored are the first `ItemScorer::rows` of the buffer (a model's table may hold
+/// a Cloze mask row after them).
 enum Table {
-    F32(Tensor),
-    Int8(Int8Rows),
+    F32(Arc<Vec<f32>>),
+    Int8(Arc<Int8Rows>),
 }
 
 /// An item table ready to score user vectors against (see the module docs).
@@ -75,8 +83,9 @@ impl std::fmt::Debug for ItemScorer {
 }
 
 impl ItemScorer {
-    /// A scorer over `table` (`rows × dim`, row-major). For int8 the table is quantised row
-    /// by row; a table that was dequantised from int8 comes back to the same int8 values.
+    /// A scorer over a copy of `table` (`rows × dim`, row-major). For int8 the table is
+    /// quantised row by row; a table that was dequantised from int8 comes back to the same
+    /// int8 values.
     pub fn new(table: &[f32], rows: usize, dim: usize, precision: Precision) -> Result<Self> {
         if table.len() != rows * dim || dim == 0 {
             return Err(Error::Shape(format!(
@@ -88,9 +97,7 @@ impl ItemScorer {
             Precision::F32 => Ok(ItemScorer {
                 rows,
                 dim,
-                table: Table::F32(
-                    Tensor::from_slice(table, (rows, dim), &Device::Cpu).ctx("item table")?,
-                ),
+                table: Table::F32(Arc::new(table.to_vec())),
             }),
             Precision::Int8 => Self::int8(Int8Rows::quantize(table, rows, dim)?),
         }
@@ -98,20 +105,37 @@ impl ItemScorer {
 
     /// An int8 scorer over already quantised rows.
     pub fn int8(q: Int8Rows) -> Result<Self> {
-        if q.cols == 0 || q.values.len() != q.rows * q.cols || q.scales.len() != q.rows {
-            return Err(Error::Shape(format!(
-                "int8 table of {} values and {} scales for {} × {}",
-                q.values.len(),
-                q.scales.len(),
-                q.rows,
-                q.cols
-            )));
+        q.check()?;
+        if q.cols == 0 {
+            return Err(Error::Shape("int8 table of rows of width 0".into()));
         }
         Ok(ItemScorer {
             rows: q.rows,
             dim: q.cols,
-            table: Table::Int8(q),
+            table: Table::Int8(Arc::new(q)),
         })
+    }
+
+    /// A scorer over the first `rows` rows of a model's item table, sharing its buffer when
+    /// the table already holds `precision` (an f32 table scored in f32, an int8 one in int8)
+    /// and converting a copy otherwise.
+    pub fn of_table(table: &ItemTable, rows: usize, precision: Precision) -> Result<Self> {
+        let dim = table.dim();
+        if rows > table.rows() || dim == 0 {
+            return Err(Error::Shape(format!(
+                "{rows} rows to score of a {}×{dim} item table",
+                table.rows()
+            )));
+        }
+        let table = match (precision, table.shared()) {
+            (Precision::F32, Values::F32(v)) => Table::F32(Arc::clone(v)),
+            (Precision::Int8, Values::Int8(q)) => Table::Int8(Arc::clone(q)),
+            (Precision::F32, Values::Int8(q)) => Table::F32(Arc::new(q.dequantize())),
+            (Precision::Int8, Values::F32(v)) => {
+                Table::Int8(Arc::new(Int8Rows::quantize(&v[..rows * dim], rows, dim)?))
+            }
+        };
+        Ok(ItemScorer { rows, dim, table })
     }
 
     /// Items (rows of the table).
@@ -131,7 +155,7 @@ impl ItemScorer {
     pub fn bytes(&self) -> usize {
         match &self.table {
             Table::F32(_) => 4 * self.rows * self.dim,
-            Table::Int8(q) => q.bytes(),
+            Table::Int8(_) => self.rows * (self.dim + 4),
         }
     }
 
@@ -148,22 +172,52 @@ impl ItemScorer {
                 self.dim
             )));
         }
-        let n = users.len() / self.dim;
+        let (n, rows, dim) = (users.len() / self.dim, self.rows, self.dim);
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
         match &self.table {
-            Table::F32(t) => Tensor::from_slice(users, (n, self.dim), &Device::Cpu)
-                .and_then(|u| u.matmul(&t.t()?))
-                .and_then(|s| s.flatten_all())
-                .and_then(|s| s.to_vec1::<f32>())
-                .ctx("scores"),
+            Table::F32(t) => {
+                let table = &t[..rows * dim];
+                let mut out = vec![0f32; n * rows];
+                let threads = candle_core::utils::get_num_threads();
+                let parallelism = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // SAFETY: `out` is n × rows (row stride rows), `users` n × dim (row stride
+                // dim), and the table rows × dim read as its transpose, dim × rows (row
+                // stride 1, column stride dim): every index gemm forms is inside its slice.
+                unsafe {
+                    crate::kernels::gemm_f32(
+                        parallelism,
+                        n,
+                        rows,
+                        dim,
+                        out.as_mut_ptr(),
+                        rows as isize,
+                        1,
+                        false,
+                        users.as_ptr(),
+                        dim as isize,
+                        1,
+                        table.as_ptr(),
+                        1,
+                        dim as isize,
+                    );
+                }
+                Ok(out)
+            }
             Table::Int8(t) => {
-                let q = Int8Rows::quantize(users, n, self.dim)?;
-                let mut dots = vec![0i32; n * self.rows];
-                int8_dots(&t.values, &q.values, self.dim, &mut dots);
+                let q = Int8Rows::quantize(users, n, dim)?;
+                let mut dots = vec![0i32; n * rows];
+                int8_dots(&t.values[..rows * dim], &q.values, dim, &mut dots);
                 let mut out = Vec::with_capacity(dots.len());
-                for (row, &qs) in dots.chunks_exact(self.rows).zip(&q.scales) {
+                for (row, &qs) in dots.chunks_exact(rows).zip(&q.scales) {
                     out.extend(
                         row.iter()
-                            .zip(&t.scales)
+                            .zip(&t.scales[..rows])
                             .map(|(&d, &ts)| d as f32 * (ts * qs)),
                     );
                 }
@@ -256,6 +310,40 @@ mod tests {
                 assert!((w - g).abs() <= 0.02 * top, "x{factor}: {g} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn a_scorer_of_a_table_shares_its_buffer_and_leaves_out_trailing_rows() {
+        let (rows, dim) = (40, 16);
+        let mut t = ItemTable::new(rows + 1, dim, 5);
+        let u = table(3, dim, 6);
+        let want = reference(&t.values()[..rows * dim], &u, dim);
+        let f = ItemScorer::of_table(&t, rows, Precision::F32).unwrap();
+        let (Values::F32(a), Table::F32(b)) = (t.shared(), &f.table) else {
+            panic!("f32 table, f32 scorer")
+        };
+        assert!(
+            Arc::ptr_eq(a, b),
+            "the f32 scorer reads the model's table in place"
+        );
+        let got = f.scores(&u).unwrap();
+        assert_eq!(got.len(), 3 * rows, "the trailing (mask) row is not scored");
+        for (w, g) in want.iter().zip(&got) {
+            assert!((w - g).abs() <= 1e-5, "{g} vs {w}");
+        }
+        // int8 from an f32 table: a quantised copy, the same as quantising the rows
+        let q = ItemScorer::of_table(&t, rows, Precision::Int8).unwrap();
+        let copy = ItemScorer::new(&t.values()[..rows * dim], rows, dim, Precision::Int8).unwrap();
+        assert_eq!(q.scores(&u).unwrap(), copy.scores(&u).unwrap());
+        // an int8 table scored in int8 is shared, and scores as its f32 original quantised
+        t.quantize_in_place().unwrap();
+        let s = ItemScorer::of_table(&t, rows, Precision::Int8).unwrap();
+        let (Values::Int8(a), Table::Int8(b)) = (t.shared(), &s.table) else {
+            panic!("int8 table, int8 scorer")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        assert_eq!(s.scores(&u).unwrap(), copy.scores(&u).unwrap());
+        assert!(ItemScorer::of_table(&t, rows + 2, Precision::F32).is_err());
     }
 
     #[test]

@@ -263,7 +263,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<
         run = %loaded.run_id,
         k = loaded.k,
         precision = %cfg.precision,
-        item_table_bytes = loaded.scorer.bytes(),
+        item_table_bytes = loaded.model.items.bytes(),
         "serving"
     );
     let metrics = Arc::new(Metrics::new());

@@ -71,7 +71,7 @@ impl Loaded {
     /// Loads and checks everything serving needs from a committed run; Recommend scores the
     /// item table in `precision`.
     pub async fn load(run: &Run, precision: Precision) -> Result<Loaded> {
-        let (model, _) = seqclust_trainer::model_from_bytes(
+        let (mut model, _) = seqclust_trainer::model_from_bytes(
             &run.read("model/config.json").await?,
             &run.read("model/encoder.safetensors").await?,
             &run.location().display_of("model"),
@@ -81,9 +81,12 @@ impl Loaded {
             &run.location().display_of(CENTROIDS),
         )?;
         let d = model.config().dim;
-        // scoring leaves out the Cloze mask row
-        let rows = model.vocab().items;
-        let scorer = ItemScorer::new(&model.items.values()[..rows * d], rows, d, precision)?;
+        // int8 serving holds the item table as int8 alone, for the encoder's input rows and
+        // the scoring; scoring leaves out the Cloze mask row and shares the table's buffer
+        if precision == Precision::Int8 {
+            model.items.quantize_in_place()?;
+        }
+        let scorer = ItemScorer::of_table(&model.items, model.vocab().items, precision)?;
         if c.d != d {
             return Err(bad_run(
                 run,

@@ -94,7 +94,7 @@ pub fn evaluate_scored(
         targets: &targets,
         histories: &histories,
     };
-    let scorer = ItemScorer::new(items, model.vocab().items, d, precision)?;
+    let scorer = ItemScorer::of_table(&model.items, model.vocab().items, precision)?;
     Ok(Evaluation {
         full: full_ranking_with(c, &scorer, &KS, HistoryMask::Exclude)?,
         full_zero_mask: full_ranking_with(c, &scorer, &KS, HistoryMask::Zero)?,

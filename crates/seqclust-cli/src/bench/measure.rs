@@ -128,6 +128,16 @@ pub fn run(mut cmd: Command) -> Result<Measured> {
     })
 }
 
+/// This process's resident memory now (`VmRSS`), MiB; 0 where `/proc` has no such figure.
+pub fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Load figures for work done in this process: the background share is the machine's busy
 /// time minus this process's own CPU time.
 pub struct Probe {

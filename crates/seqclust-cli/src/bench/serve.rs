@@ -228,6 +228,8 @@ pub fn run(b: ServeBench) -> Result<()> {
         },
         stop,
     ))?;
+    // what the loaded run holds (the synthetic model that wrote it is gone by now)
+    let server_rss_mib = super::measure::resident_mib();
     let recommend = b.method == "recommend";
     let n = b.n;
     let addr = format!("http://{}", running.grpc);
@@ -292,7 +294,7 @@ pub fn run(b: ServeBench) -> Result<()> {
                     "concurrency": c, "requests": lat.len(), "seconds": wall,
                     "rps": lat.len() as f64 / wall,
                     "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99),
-                    "load": load,
+                    "server_rss_mib": server_rss_mib, "load": load,
                 }],
             }),
             b.out.as_deref(),

@@ -321,6 +321,7 @@ unsafe fn mm(
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm_f32(
+            gemm::Parallelism::None,
             m,
             n,
             k,

@@ -359,6 +359,7 @@ impl CustomOp2 for Gru {
                         // SAFETY: shapes as allocated above.
                         unsafe {
                             gemm_f32(
+                                gemm::Parallelism::None,
                                 g,
                                 rows,
                                 hd,
@@ -489,6 +490,7 @@ impl CustomOp2 for Gru {
                     // SAFETY: shapes as allocated above.
                     unsafe {
                         gemm_f32(
+                            gemm::Parallelism::None,
                             hd,
                             rows,
                             g,

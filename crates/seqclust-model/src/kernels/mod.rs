@@ -7,12 +7,15 @@ pub mod layer_norm;
 pub mod softmax_ce;
 
 /// Row-major GEMM `C (m×n) = alpha·C + A·B` with explicit strides, on the `gemm` crate
-/// (AVX-512/AVX2 chosen at run time), single-threaded: callers parallelise over blocks.
+/// (AVX-512/AVX2 chosen at run time). The fused kernels run it single-threaded
+/// (`Parallelism::None`: they parallelise over blocks); one large product (item scoring)
+/// lets gemm split it.
 ///
 /// # Safety
 /// The pointers must be valid for the given shapes and strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_f32(
+    parallelism: gemm::Parallelism,
     m: usize,
     n: usize,
     k: usize,
@@ -48,7 +51,7 @@ pub(crate) unsafe fn gemm_f32(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -164,6 +167,7 @@ pub(crate) fn linear_fwd(
     // SAFETY: the slices hold the shapes asserted above.
     unsafe {
         gemm_f32(
+            gemm::Parallelism::None,
             rows,
             out,
             inp,
@@ -202,6 +206,7 @@ pub(crate) fn linear_dx(
     // SAFETY: the slices hold the shapes asserted above.
     unsafe {
         gemm_f32(
+            gemm::Parallelism::None,
             rows,
             inp,
             out,
@@ -238,6 +243,7 @@ pub(crate) fn linear_dw(
     // SAFETY: the slices hold the shapes asserted above.
     unsafe {
         gemm_f32(
+            gemm::Parallelism::None,
             out,
             inp,
             rows,

@@ -79,6 +79,7 @@ fn block_logits(
     // SAFETY: h has rows r0..r1 of d values, e has rows c0..c1 of d values, s has m × n.
     unsafe {
         gemm_f32(
+            gemm::Parallelism::None,
             m,
             n,
             d,
@@ -227,6 +228,7 @@ impl CustomOp2 for SoftmaxCe {
                         // SAFETY: shapes as documented: P m×w, E rows c0..c1, H rows r0..r1.
                         unsafe {
                             gemm_f32(
+                                gemm::Parallelism::None,
                                 m,
                                 d,
                                 w,
@@ -242,6 +244,7 @@ impl CustomOp2 for SoftmaxCe {
                                 1,
                             );
                             gemm_f32(
+                                gemm::Parallelism::None,
                                 w,
                                 d,
                                 m,
