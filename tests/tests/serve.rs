@@ -49,7 +49,9 @@ fn a_published_run_is_analysed_readable_and_served() {
     let ds = c.dataset("shop", 600);
     c.add_worker();
     c.add_worker();
-    let spec = c.spec("served", &ds, 2);
+    let mut spec = c.spec("served", &ds, 2);
+    // the run also carries the int8 serving model, which int8 serving loads
+    spec.train.export_int8 = true;
     let first = c.submit(&spec);
     c.wait_done(&first, MINUTES).unwrap();
     let root = Location::parse(&c.root_str(), false).unwrap();
@@ -68,6 +70,8 @@ fn a_published_run_is_analysed_readable_and_served() {
         "model/vocab/items.parquet",
         "model/vocab/actions.json",
         "model/vocab/item_categories.parquet",
+        "model-int8/encoder.safetensors",
+        "model-int8/config.json",
     ] {
         assert!(run.manifest().file(f).is_some(), "{f} missing");
     }
@@ -154,6 +158,20 @@ fn a_published_run_is_analysed_readable_and_served() {
     assert!(
         rec.items.iter().all(|i| !seen.contains(&i.item.as_str())),
         "seen items are excluded"
+    );
+
+    // int8 serving reads the run's int8 model (under half the f32 file's size)
+    let size = |f: &str| run.manifest().file(f).unwrap().size;
+    assert!(2 * size("model-int8/encoder.safetensors") < size("model/encoder.safetensors"));
+    let dir = |p: Precision| {
+        c.rt.block_on(seqclust_serve::open(&c.root_str(), "latest/served", p))
+            .unwrap()
+            .1
+            .model_dir
+    };
+    assert_eq!(
+        (dir(Precision::F32), dir(Precision::Int8)),
+        ("model", "model-int8")
     );
 
     // the same run served with an int8 item table (the encoder's input rows and the

@@ -249,7 +249,9 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
         .with_context(|| format!("loading the model of {}", a.model))?;
     let bytes = seqclust_trainer::model_tensors_int8(&float)?;
     let dst = Location::parse(&a.out, true)?;
-    rt.block_on(seqclust_trainer::save_model_int8(&dst, &float, &info))?;
+    rt.block_on(seqclust_trainer::save_model_int8(
+        &dst, "model", &float, &info,
+    ))?;
     let (int8, _) = rt.block_on(seqclust_trainer::load_model(&dst))?;
     let float_bytes = rt.block_on(src.get("model/encoder.safetensors"))?.len();
     let (rows, d) = (float.items.rows(), float.items.dim());

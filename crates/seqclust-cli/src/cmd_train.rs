@@ -102,6 +102,9 @@ pub struct TrainArgs {
     /// holding model/); the item table starts fresh.
     #[arg(long)]
     init_from: Option<String>,
+    /// Also write the int8 serving model (`model-int8/`).
+    #[arg(long)]
+    export_int8: bool,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -201,6 +204,9 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     set!(a.seed, t.seed);
     set!(a.patience, t.patience);
     set!(a.eval_users, t.eval_users);
+    if a.export_int8 {
+        t.export_int8 = true;
+    }
     if let Some(s) = &a.init_from {
         t.init_from = s.clone();
     }

@@ -136,6 +136,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.init_from, t.init_from);
             set!(c.resume_from, t.resume_from);
             set!(c.stop_after_epochs, t.stop_after_epochs, usize_of);
+            set!(c.export_int8, t.export_int8);
         }
         if let Some(k) = p.kmeans {
             let c = &mut s.kmeans;
@@ -307,6 +308,7 @@ impl From<&JobSpec> for v1::JobSpec {
                 init_from: Some(t.init_from.clone()),
                 resume_from: Some(t.resume_from.clone()),
                 stop_after_epochs: Some(u32_of(t.stop_after_epochs)),
+                export_int8: Some(t.export_int8),
             }),
             kmeans: Some(v1::KMeansSpec {
                 k: Some(u32_of(k.k)),
@@ -465,6 +467,7 @@ mod tests {
              next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
              intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
              [kmeans]\nk = 33\nmetric = \"cosine\"\n[train]\nepochs = 6\nresume_from = \"runs/a\"\nstop_after_epochs = 2\n\
+             export_int8 = true\n\
              [analysis]\ntree_transitions = 5\n",
         )
         .unwrap();

@@ -263,6 +263,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Result<
         run = %loaded.run_id,
         k = loaded.k,
         precision = %cfg.precision,
+        model = loaded.model_dir,
         item_table_bytes = loaded.model.items.bytes(),
         "serving"
     );

@@ -42,6 +42,9 @@ pub struct Loaded {
     pub committed_unix_ms: i64,
     /// The encoder.
     pub model: SeqModel,
+    /// Where it was read from: `model`, or `model-int8` (`train.export_int8`) when serving
+    /// int8 from a run that has one.
+    pub model_dir: &'static str,
     /// The item table for Recommend, in the serving precision.
     pub scorer: ItemScorer,
     /// The centroids, packed for assignment.
@@ -69,12 +72,24 @@ fn bad_run(run: &Run, message: impl Into<String>) -> Error {
 
 impl Loaded {
     /// Loads and checks everything serving needs from a committed run; Recommend scores the
-    /// item table in `precision`.
+    /// item table in `precision`. int8 serving reads the run's int8 model when it has one.
     pub async fn load(run: &Run, precision: Precision) -> Result<Loaded> {
+        let int8 = seqclust_trainer::INT8_MODEL_DIR;
+        let model_dir = if precision == Precision::Int8
+            && run
+                .manifest()
+                .file(&format!("{int8}/encoder.safetensors"))
+                .is_some()
+        {
+            int8
+        } else {
+            "model"
+        };
         let (mut model, _) = seqclust_trainer::model_from_bytes(
-            &run.read("model/config.json").await?,
-            &run.read("model/encoder.safetensors").await?,
-            &run.location().display_of("model"),
+            &run.read(&format!("{model_dir}/config.json")).await?,
+            &run.read(&format!("{model_dir}/encoder.safetensors"))
+                .await?,
+            &run.location().display_of(model_dir),
         )?;
         let c = Centroids::from_safetensors(
             &run.read(CENTROIDS).await?,
@@ -161,6 +176,7 @@ impl Loaded {
             name: run.manifest().info.name.clone(),
             committed_unix_ms: run.manifest().committed_unix_ms,
             model,
+            model_dir,
             scorer,
             packed,
             k,

@@ -164,17 +164,27 @@ pub fn model_tensors_int8(model: &SeqModel) -> Result<Vec<u8>> {
         .map_err(|e| Error::checkpoint("(being written)", e.to_string()))
 }
 
-/// Writes `model/{config.json, encoder.safetensors}` under `run` with the int8 weights of
-/// [`model_tensors_int8`].
-pub async fn save_model_int8(run: &Location, model: &SeqModel, info: &ModelInfo) -> Result<()> {
+/// Where a run keeps the int8 serving model of `train.export_int8`.
+pub const INT8_MODEL_DIR: &str = "model-int8";
+
+/// Writes `DIR/{config.json, encoder.safetensors}` under `run` with the int8 weights of
+/// [`model_tensors_int8`] (`dir`: `model` for a model of its own, [`INT8_MODEL_DIR`] beside
+/// a run's f32 model).
+pub async fn save_model_int8(
+    run: &Location,
+    dir: &str,
+    model: &SeqModel,
+    info: &ModelInfo,
+) -> Result<()> {
     run.put(
-        "model/encoder.safetensors",
+        &format!("{dir}/encoder.safetensors"),
         Bytes::from(model_tensors_int8(model)?),
     )
     .await?;
     let json = serde_json::to_vec_pretty(info)
-        .map_err(|e| Error::checkpoint("model/config.json", e.to_string()))?;
-    run.put("model/config.json", Bytes::from(json)).await?;
+        .map_err(|e| Error::checkpoint(format!("{dir}/config.json"), e.to_string()))?;
+    run.put(&format!("{dir}/config.json"), Bytes::from(json))
+        .await?;
     Ok(())
 }
 

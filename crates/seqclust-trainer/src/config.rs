@@ -69,6 +69,11 @@ pub struct TrainConfig {
     /// schedule still spans `epochs`, so a run stopped here and continued with `resume_from`
     /// trains exactly as one run would: the budget of a successive-halving rung.
     pub stop_after_epochs: usize,
+    /// Also write the int8 serving model when training ends: `model-int8/{config.json,
+    /// encoder.safetensors}`, the item table and weight matrices as int8 with per-row scales
+    /// (3.8× smaller at dim 64). `seqclust serve --precision int8` loads it instead of
+    /// quantising `model/`; the vocabularies stay under `model/vocab/`.
+    pub export_int8: bool,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             init_from: String::new(),
             resume_from: String::new(),
             stop_after_epochs: 0,
+            export_int8: false,
         }
     }
 }

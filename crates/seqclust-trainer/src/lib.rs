@@ -10,8 +10,8 @@ pub mod intents;
 pub mod train;
 
 pub use checkpoint::{
-    ModelInfo, Transfer, init_from, load_model, model_from_bytes, model_tensors_int8, save_model,
-    save_model_int8,
+    INT8_MODEL_DIR, ModelInfo, Transfer, init_from, load_model, model_from_bytes,
+    model_tensors_int8, save_model, save_model_int8,
 };
 pub use config::{DatasetRef, TrainConfig, TrainJob};
 pub use data_parallel::{average_gradients, shard_of};

@@ -14,7 +14,8 @@ use seqclust_model::{
 };
 
 use crate::checkpoint::{
-    ModelInfo, TrainState, init_from, load_latest, save_checkpoint, save_model,
+    INT8_MODEL_DIR, ModelInfo, TrainState, init_from, load_latest, save_checkpoint, save_model,
+    save_model_int8,
 };
 use crate::config::TrainJob;
 use crate::data_parallel::{average_gradients, shard_of};
@@ -517,6 +518,9 @@ pub fn train_with(
     }
     if lead {
         rt.block_on(save_model(run, &model, &info))?;
+        if tc.export_int8 {
+            rt.block_on(save_model_int8(run, INT8_MODEL_DIR, &model, &info))?;
+        }
         write_metrics(run, rt, job, &log, &evals)?;
     }
     Ok(TrainReport {
