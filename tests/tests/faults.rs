@@ -53,12 +53,19 @@ fn a_partitioned_worker_is_fenced_and_rejoins_when_the_link_returns() {
     c.add_process_worker_on(&net, 0);
     let cut = c.add_process_worker_on(&net, 1);
     c.wait_workers_exactly(2);
-    let base = {
-        let spec = long_spec(&c, "undisturbed", &ds);
-        c.wait_done(&c.submit(&spec), MINUTES).unwrap()
+    // twice the epochs of the other fault tests: the lone survivor must still be training
+    // when the cut-off worker is back (11 s after the cut, plus its registration), or the job
+    // ends before it can be taken back — a race the shorter job lost on loaded machines
+    let spec = |name| {
+        let mut s = long_spec(&c, name, &ds);
+        s.train.epochs = 40;
+        s
     };
+    let base = c
+        .wait_done(&c.submit(&spec("undisturbed")), MINUTES)
+        .unwrap();
     assert_eq!(base.world_size, 2);
-    let id = c.submit(&long_spec(&c, "partitioned", &ds));
+    let id = c.submit(&spec("partitioned"));
     training_on_two(&c, &id);
     let t = Instant::now();
     net.cut(1);

@@ -157,7 +157,15 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         });
     }
     let state = Arc::new(WorkerState::new(listener, cfg.collective_timeout, cfg.gpu));
-    let endpoint = cfg.tls.endpoint(&cfg.coordinator)?;
+    // HTTP/2 keep-alive pings find a dead connection (a partition, a coordinator host gone)
+    // within seconds, so that calls fail and the next ones dial again, rather than waiting on
+    // TCP retransmits for as long as the kernel keeps trying
+    let endpoint = cfg
+        .tls
+        .endpoint(&cfg.coordinator)?
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let mut last_contact = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         let session = session(&cfg, &endpoint, &collective_addr, &state, &mut shutdown).await;
@@ -180,6 +188,43 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         }
     }
     Ok(())
+}
+
+/// How often an idle connection to the coordinator is pinged, and how long a ping may go
+/// unanswered before the connection is taken for dead.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a task's result is offered again while the coordinator cannot be reached (a
+/// partition that heals, a coordinator restarting); past it the coordinator's task deadline
+/// takes over.
+const REPORT_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Reports a task's result, again every half second while the coordinator is unreachable
+/// (up to [`REPORT_PATIENCE`]): a result lost to a short outage would otherwise cost the
+/// task's deadline.
+async fn report(cx: &Ctx, result: v1::TaskResult) {
+    let until = tokio::time::Instant::now() + REPORT_PATIENCE;
+    let mut c = cx.client.clone();
+    loop {
+        match c.complete_task(result.clone()).await {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                // fenced by the membership epoch: the task was given to others
+                warn!(task = %result.task_id, reason = %s.message(), "the coordinator refused this task's result (stale membership)");
+                return;
+            }
+            Err(s)
+                if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < until =>
+            {
+                warn!(task = %result.task_id, error = %s, "could not report a task result; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => {
+                warn!(task = %result.task_id, error = %s, "could not report a task result");
+                return;
+            }
+        }
+    }
 }
 
 /// One registration: until the control stream ends, the lease is lost or shutdown.
@@ -314,15 +359,7 @@ async fn session(
                     result.error = format!("task panicked: {join}");
                 }
             }
-            let mut c = cx.client.clone();
-            if let Err(s) = c.complete_task(result).await {
-                if s.code() == tonic::Code::FailedPrecondition {
-                    // fenced by the membership epoch: the task was given to others
-                    warn!(task = %task.task_id, reason = %s.message(), "the coordinator refused this task's result (stale membership)");
-                } else {
-                    warn!(error = %s, "could not report a task result");
-                }
-            }
+            report(&cx, result).await;
         }
     });
     let outcome = loop {
@@ -349,7 +386,12 @@ async fn session(
                     }
                 }
                 Ok(None) => break Ok(()),
-                Err(s) => break Err(Error::rpc("Control", s)),
+                Err(s) => {
+                    // the connection broke (a partition, a coordinator restart): whatever
+                    // this registration held is, or soon will be, given to others
+                    warn!(worker = %worker_id, error = %s, "the control stream to the coordinator broke: registering again");
+                    break Err(Error::rpc("Control", s));
+                }
             },
             _ = forgotten.changed() => {
                 // fenced: the coordinator has given this registration's work to others and
