@@ -53,6 +53,7 @@ fn a_partitioned_worker_is_fenced_and_rejoins_when_the_link_returns() {
     c.add_process_worker_on(&net, 0);
     let cut = c.add_process_worker_on(&net, 1);
     c.wait_workers_exactly(2);
+    let up = Instant::now();
     // twice the epochs of the other fault tests: the lone survivor must still be training
     // when the cut-off worker is back (11 s after the cut, plus its registration), or the job
     // ends before it can be taken back — a race the shorter job lost on loaded machines
@@ -65,6 +66,10 @@ fn a_partitioned_worker_is_fenced_and_rejoins_when_the_link_returns() {
         .wait_done(&c.submit(&spec("undisturbed")), MINUTES)
         .unwrap();
     assert_eq!(base.world_size, 2);
+    // the cut comes more than the workers' connect timeout (30 s) after they registered: the
+    // timeout counts from the last contact with the coordinator, not from the worker's start
+    // (a worker that counted from its start gave up during the partition)
+    std::thread::sleep(Duration::from_secs(31).saturating_sub(up.elapsed()));
     let id = c.submit(&spec("partitioned"));
     training_on_two(&c, &id);
     let t = Instant::now();

@@ -168,7 +168,15 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         .keep_alive_while_idle(true);
     let mut last_contact = tokio::time::Instant::now();
     while !*shutdown.borrow() {
-        let session = session(&cfg, &endpoint, &collective_addr, &state, &mut shutdown).await;
+        let session = session(
+            &cfg,
+            &endpoint,
+            &collective_addr,
+            &state,
+            &mut shutdown,
+            &mut last_contact,
+        )
+        .await;
         match session {
             Ok(()) => last_contact = tokio::time::Instant::now(),
             Err(e) if matches!(e, Error::Rpc { ref status, .. } if status.code() == tonic::Code::FailedPrecondition) =>
@@ -228,12 +236,17 @@ async fn report(cx: &Ctx, result: v1::TaskResult) {
 }
 
 /// One registration: until the control stream ends, the lease is lost or shutdown.
+/// `contact` is set when the coordinator registers this worker and again when a registered
+/// session ends, however it ends: the `connect_timeout` counts from the last time the
+/// coordinator was there, not from the worker's start (a partition late in a long job must
+/// not make the worker give up at once).
 async fn session(
     cfg: &WorkerConfig,
     endpoint: &Endpoint,
     collective_addr: &str,
     state: &Arc<WorkerState>,
     shutdown: &mut watch::Receiver<bool>,
+    contact: &mut tokio::time::Instant,
 ) -> Result<()> {
     let channel: Channel = endpoint
         .clone()
@@ -257,6 +270,7 @@ async fn session(
         .map_err(|s| Error::rpc("RegisterWorker", s))?
         .into_inner();
     let worker_id = reg.worker_id.clone();
+    *contact = tokio::time::Instant::now();
     info!(worker = %worker_id, collective = collective_addr, "registered");
     metrics::REGISTERED.set(1);
     let mut stream = client
@@ -408,6 +422,7 @@ async fn session(
             }
         }
     };
+    *contact = tokio::time::Instant::now();
     let _ = hb_stop.send(true);
     metrics::REGISTERED.set(0);
     drop(task_tx);
