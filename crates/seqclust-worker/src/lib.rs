@@ -41,7 +41,8 @@ pub struct WorkerConfig {
     /// Deadline of every collective call: a silent peer fails it after this long.
     #[serde(with = "seqclust_job::secs")]
     pub collective_timeout: Duration,
-    /// How long to keep trying to reach the coordinator before giving up (0: forever).
+    /// How long to keep trying to reach the coordinator before giving up (0: forever),
+    /// counted from the last contact with it (a registration, or a registered session's end).
     #[serde(with = "seqclust_job::secs")]
     pub connect_timeout: Duration,
     /// The collective backend: "ring" (CPU) or "nccl" (needs the nccl feature and a GPU).
