@@ -179,7 +179,8 @@ pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Resu
         )
         .await;
         match session {
-            Ok(()) => last_contact = tokio::time::Instant::now(),
+            // the session has set `last_contact` if it registered
+            Ok(()) => {}
             Err(e) if matches!(e, Error::Rpc { ref status, .. } if status.code() == tonic::Code::FailedPrecondition) =>
             {
                 return Err(e);
