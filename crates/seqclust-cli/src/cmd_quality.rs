@@ -240,9 +240,7 @@ pub struct QuantizeArgs {
 
 /// Runs `seqclust quantize`.
 pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    use seqclust_kmeans::{
-        Algorithm, Init, KMeansConfig, Metric, Points, adjusted_rand_index, assign, fit,
-    };
+    use seqclust_kmeans::{Points, adjusted_rand_index, assign, fit};
     let src = Location::parse(&a.model, false)?;
     let (float, info) = rt
         .block_on(seqclust_trainer::load_model(&src))
@@ -288,14 +286,7 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
     let t = Instant::now();
     let vi = seqclust_trainer::embed_for_clusters(&int8, &seqs, 512)?;
     let embed_i = t.elapsed().as_secs_f64();
-    let cfg = KMeansConfig {
-        k: a.k,
-        metric: Metric::Cosine,
-        init: Init::KMeansPlusPlus,
-        algorithm: Algorithm::Lloyd,
-        max_iter: 100,
-        ..KMeansConfig::default()
-    };
+    let cfg = assignment_kmeans(a.k);
     let pf = Points::new(&vf, d)?;
     let km = fit(&pf, &cfg)?;
     let packed = km.packed();
@@ -345,5 +336,168 @@ pub fn run_quantize(a: QuantizeArgs, rt: &tokio::runtime::Runtime) -> Result<()>
             lf.len(),
         );
     }
+    Ok(())
+}
+
+/// Compare trained models of one dataset — a distilled student and its teacher, or any
+/// two encoders: size, ranking quality, throughput, and how much the clusters agree.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The reference model first (training run directories or URLs holding model/), then
+    /// the models compared with it; repeatable.
+    #[arg(long, short, required = true, num_args = 1)]
+    model: Vec<String>,
+    /// Dataset (default: the first model's).
+    #[arg(long, short)]
+    dataset: Option<String>,
+    /// Storage root for dataset names.
+    #[arg(long, env = "SEQCLUST_ROOT", default_value = "./seqclust-data")]
+    root: String,
+    /// Test users of the HR/NDCG comparison (0 = all).
+    #[arg(long, default_value_t = 5000)]
+    users: usize,
+    /// Clusters of the assignment comparison (k-means on each model's own vectors).
+    #[arg(long, default_value_t = 8)]
+    k: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The clustering both quality commands compare assignments with.
+fn assignment_kmeans(k: usize) -> seqclust_kmeans::KMeansConfig {
+    use seqclust_kmeans::{Algorithm, Init, KMeansConfig, Metric};
+    KMeansConfig {
+        k,
+        metric: Metric::Cosine,
+        init: Init::KMeansPlusPlus,
+        algorithm: Algorithm::Lloyd,
+        max_iter: 100,
+        ..KMeansConfig::default()
+    }
+}
+
+/// Runs `seqclust eval compare`.
+pub fn run_compare(a: CompareArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    use seqclust_kmeans::{Points, adjusted_rand_index, assign, fit};
+    if a.model.len() < 2 {
+        bail!("--model: give the reference model and at least one to compare with it");
+    }
+    let mut models = Vec::new();
+    for m in &a.model {
+        let run = Location::parse(m, false)?;
+        let (model, info) = rt
+            .block_on(seqclust_trainer::load_model(&run))
+            .with_context(|| format!("loading the model of {m}"))?;
+        let file = rt.block_on(run.get("model/encoder.safetensors"))?.len();
+        models.push((m.clone(), model, info, file));
+    }
+    let ds = open_for(&models[0].2.dataset, &a.dataset, &a.root, rt)?;
+    let vocab = seqclust_trainer::vocab_of(&ds);
+    for (m, _, info, _) in &models {
+        if info.vocab.items != vocab.items {
+            bail!(
+                "--model {m}: the model scores {} items and {} has {}: the models must be trained on this dataset",
+                info.vocab.items,
+                ds.location(),
+                vocab.items
+            );
+        }
+    }
+    let test = seqclust_trainer::held_out_examples(
+        &ds,
+        rt.handle(),
+        seqclust_trainer::Holdout::Test,
+        a.users,
+    )?;
+    let mut seqs: Vec<Owned> = Vec::new();
+    for s in 0..ds.num_shards() {
+        let shard = rt.block_on(ds.read_shard(s))?;
+        seqs.extend(seqclust_trainer::examples::users(&shard));
+    }
+    let mut rows = Vec::new();
+    let mut reference: Option<(Vec<u64>, f64, f64)> = None;
+    for (m, model, info, file) in &models {
+        let t = Instant::now();
+        let ev = seqclust_trainer::evaluate(model, &test, 512)?;
+        let rank_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let v = seqclust_trainer::embed_for_clusters(model, &seqs, 512)?;
+        let embed_s = t.elapsed().as_secs_f64();
+        let d = v.len() / seqs.len().max(1);
+        let p = Points::new(&v, d)?;
+        let km = fit(&p, &assignment_kmeans(a.k))?;
+        let labels: Vec<u64> = assign(&p, &km.packed())
+            .iter()
+            .map(|x| u64::from(x.cluster))
+            .collect();
+        let hr = ev.full.hr.get(&10).copied().unwrap_or(0.0);
+        let ndcg = ev.full.ndcg.get(&10).copied().unwrap_or(0.0);
+        let (ari, hr_change, ndcg_change) = match &reference {
+            None => {
+                reference = Some((labels.clone(), hr, ndcg));
+                (1.0, 0.0, 0.0)
+            }
+            Some((l0, h0, n0)) => (
+                adjusted_rand_index(l0, &labels),
+                (hr - h0) / h0.max(1e-12),
+                (ndcg - n0) / n0.max(1e-12),
+            ),
+        };
+        let e = &info.encoder;
+        rows.push(serde_json::json!({
+            "model": m,
+            "encoder": format!("{:?} dim {} × {} layers", e.kind, e.dim, e.layers),
+            "dense_parameters": model.dense_len()?,
+            "item_table_bytes": model.items.rows() * model.items.dim() * 4,
+            "model_file_bytes": file,
+            "test_users": ev.full.users,
+            "hr10": hr, "ndcg10": ndcg,
+            "hr10_relative_change": hr_change, "ndcg10_relative_change": ndcg_change,
+            "ranked_users_per_s": test.len() as f64 / rank_s,
+            "embedded_users_per_s": seqs.len() as f64 / embed_s,
+            "assignments": {"users": labels.len(), "k": a.k, "ari_vs_first": ari},
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "model".to_string(),
+        "encoder".into(),
+        "model file".into(),
+        format!("HR@10 ({} users)", test.len()),
+        "NDCG@10".into(),
+        "ranked users/s".into(),
+        "embedded users/s".into(),
+        format!("ARI vs first (k = {})", a.k),
+    ]);
+    for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        t.add_row(vec![
+            r["model"].as_str().unwrap_or_default().to_string(),
+            r["encoder"].as_str().unwrap_or_default().to_string(),
+            format!("{:.2} MB", f("model_file_bytes") / 1e6),
+            format!(
+                "{:.4} ({:+.1} %)",
+                f("hr10"),
+                100.0 * f("hr10_relative_change")
+            ),
+            format!(
+                "{:.4} ({:+.1} %)",
+                f("ndcg10"),
+                100.0 * f("ndcg10_relative_change")
+            ),
+            format!("{:.0}", f("ranked_users_per_s")),
+            format!("{:.0}", f("embedded_users_per_s")),
+            format!(
+                "{:.4}",
+                r["assignments"]["ari_vs_first"].as_f64().unwrap_or(0.0)
+            ),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }

@@ -74,6 +74,16 @@ pub struct TrainArgs {
     /// Intents (centroids) of the clustering losses.
     #[arg(long)]
     intents: Option<usize>,
+    /// Distil from this teacher: a run directory or URL holding the model/ of a model trained
+    /// on the same dataset (sets the distillation weight to 1 unless --distill is given).
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Weight of the distillation loss (the KL divergence to the teacher's next-item softmax).
+    #[arg(long)]
+    distill: Option<f32>,
+    /// Temperature of the distillation softmaxes.
+    #[arg(long)]
+    distill_temperature: Option<f32>,
     /// Add the hour-of-day input embedding.
     #[arg(long)]
     use_hour: bool,
@@ -197,6 +207,11 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     set!(a.intent, o.intent);
     set!(a.dec, o.dec);
     set!(a.intents, o.intents);
+    if a.teacher.is_some() && a.distill.is_none() && o.distill == 0.0 {
+        o.distill = 1.0;
+    }
+    set!(a.distill, o.distill);
+    set!(a.distill_temperature, o.distill_temperature);
     let t = &mut job.train;
     set!(a.epochs, t.epochs);
     set!(a.batch_size, t.batch_size);
@@ -209,6 +224,9 @@ pub fn build_job(a: &TrainArgs) -> Result<TrainJob> {
     }
     if let Some(s) = &a.init_from {
         t.init_from = s.clone();
+    }
+    if let Some(s) = &a.teacher {
+        t.teacher = s.clone();
     }
     job.validate()?;
     Ok(job)

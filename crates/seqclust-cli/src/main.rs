@@ -119,6 +119,9 @@ enum EvalWhat {
     /// Cluster quality against known classes (ARI, NMI, purity, silhouette), the encoder
     /// beside the baselines (TF-IDF, item2vec, the untrained encoder).
     Clustering(Box<cmd_quality::ClusteringArgs>),
+    /// Compare models of one dataset (a distilled student and its teacher): size, HR@10 and
+    /// NDCG@10, throughput, and the ARI of their cluster assignments.
+    Compare(Box<cmd_quality::CompareArgs>),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -143,6 +146,10 @@ fn run(cli: Cli) -> Result<()> {
             what: Some(EvalWhat::Clustering(a)),
             ..
         }) => cmd_quality::run(*a, &rt),
+        Cmd::Eval(EvalCmd {
+            what: Some(EvalWhat::Compare(a)),
+            ..
+        }) => cmd_quality::run_compare(*a, &rt),
         Cmd::Eval(EvalCmd { next, .. }) => cmd_train::run_eval(next, &rt),
         Cmd::Embed(a) => cmd_train::run_embed(a, &rt),
         Cmd::Quantize(a) => cmd_quality::run_quantize(*a, &rt),

@@ -143,7 +143,11 @@ impl JobService for JobApi {
         if std::path::Path::new(&spec.dataset.uri).exists() {
             absolutize(&mut spec.dataset.uri);
         }
-        for run in [&mut spec.train.init_from, &mut spec.train.resume_from] {
+        for run in [
+            &mut spec.train.init_from,
+            &mut spec.train.resume_from,
+            &mut spec.train.teacher,
+        ] {
             if !run.trim().is_empty() {
                 absolutize(run);
             }

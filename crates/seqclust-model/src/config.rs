@@ -221,6 +221,14 @@ pub struct ObjectiveConfig {
     /// Epochs trained before the clustering losses start (the first centroids come from a
     /// model that has learnt something).
     pub cluster_warmup_epochs: usize,
+    /// Weight of knowledge distillation from a teacher model (`train.teacher`): the KL
+    /// divergence from the teacher's softmax over the next item to the student's, both at
+    /// `distill_temperature`, after each training sequence (0 disables). It trains a smaller
+    /// encoder to rank as a larger one does.
+    pub distill: f32,
+    /// Temperature of both softmaxes of the distillation loss (the loss is scaled by its
+    /// square, as in Hinton et al., so its gradients keep their size across temperatures).
+    pub distill_temperature: f32,
 }
 
 impl Default for ObjectiveConfig {
@@ -243,6 +251,8 @@ impl Default for ObjectiveConfig {
             intent_temperature: 1.0,
             intent_whiten: true,
             cluster_warmup_epochs: 1,
+            distill: 0.0,
+            distill_temperature: 2.0,
         }
     }
 }
@@ -263,6 +273,7 @@ impl ObjectiveConfig {
             ("objective.next_event", self.next_event),
             ("objective.intent", self.intent),
             ("objective.dec", self.dec),
+            ("objective.distill", self.distill),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::config(f, "must be a finite weight >= 0"));
@@ -289,7 +300,19 @@ impl ObjectiveConfig {
                 "must be positive",
             ));
         }
-        if self.next_item + self.contrastive + self.cloze + self.next_event <= 0.0 {
+        if !(self.distill_temperature > 0.0 && self.distill_temperature.is_finite()) {
+            return Err(Error::config(
+                "objective.distill_temperature",
+                "must be positive",
+            ));
+        }
+        if self.distill > 0.0 && enc.kind == EncoderKind::BiTransformer {
+            return Err(Error::config(
+                "objective.distill",
+                "distillation of the next item needs a causal encoder (gru, lstm or transformer)",
+            ));
+        }
+        if self.next_item + self.contrastive + self.cloze + self.next_event + self.distill <= 0.0 {
             return Err(Error::config(
                 "objective",
                 "every objective weight is 0: nothing to train",

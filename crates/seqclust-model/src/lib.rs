@@ -24,7 +24,7 @@ pub use eval::{HistoryMask, RankMetrics, full_ranking, full_ranking_with, sample
 pub use features::{BatchInput, SeqInput};
 pub use item_table::{AdamParams, ItemTable, SparseGrad};
 pub use model::{Encoded, SeqModel};
-pub use objective::{Gradients, Intents, Popularity, StepCtx, Whitened, step};
+pub use objective::{Gradients, Intents, Popularity, StepCtx, Teacher, Whitened, step};
 pub use optim::{Optimizer, Schedule, StepReport};
 pub use scoring::{ItemScorer, Precision};
 pub use whitening::{Moments, Whitening};

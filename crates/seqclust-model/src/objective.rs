@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{NextItemLoss, ObjectiveConfig, Positions};
+use crate::config::{EncoderKind, NextItemLoss, ObjectiveConfig, Positions};
 use crate::error::{Ctx, Error, Result};
 use crate::features::{BatchInput, FIRST_ITEM, SeqBuf, SeqInput};
 use crate::item_table::SparseGrad;
@@ -217,6 +217,153 @@ fn dec_loss(dots: &Tensor) -> Result<Tensor> {
     Ok(cross)
 }
 
+/// A trained model a student learns to rank like (`objective.distill`), its item table held
+/// as one tensor for the step's logits.
+pub struct Teacher {
+    model: SeqModel,
+    table: Tensor,
+}
+
+impl std::fmt::Debug for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Teacher")
+            .field("encoder", &self.model.config().kind)
+            .field("dim", &self.model.config().dim)
+            .field("items", &self.model.vocab().items)
+            .finish()
+    }
+}
+
+impl Teacher {
+    /// The teacher of a student that scores `items` items (the student's dataset must be the
+    /// one the teacher was trained on: the item ids must mean the same items).
+    pub fn new(model: SeqModel, items: usize) -> Result<Teacher> {
+        let v = model.vocab().items;
+        if v != items {
+            return Err(Error::config(
+                "train.teacher",
+                format!(
+                    "the teacher scores {v} items and this dataset has {items}: a student is \
+                     distilled on the dataset (and item vocabulary) its teacher was trained on"
+                ),
+            ));
+        }
+        if model.config().kind == EncoderKind::BiTransformer {
+            return Err(Error::config(
+                "train.teacher",
+                "the teacher must be a causal encoder (gru, lstm or transformer)",
+            ));
+        }
+        let all: Vec<u32> = (0..v as u32).collect();
+        let table = Tensor::from_vec(
+            model.items.gather(&all),
+            (v, model.config().dim),
+            model.device(),
+        )
+        .ctx("teacher table")?;
+        Ok(Teacher { model, table })
+    }
+
+    /// The teacher's model.
+    pub fn model(&self) -> &SeqModel {
+        &self.model
+    }
+}
+
+/// Knowledge distillation (Hinton et al.) after each sequence that has a next item:
+/// `T² · KL(softmax(teacher / T) ‖ softmax(student / T))` over every item (padding and OOV
+/// never the answer), averaged over those sequences. `student` holds the user vectors of
+/// `batch` (`b × dim`) and `table` the student's item table (`items × dim`); the teacher
+/// encodes the same sequences with its own settings and without dropout.
+fn distill_loss(
+    seqs: &[SeqInput<'_>],
+    batch: &BatchInput,
+    student: &Tensor,
+    table: &Tensor,
+    teacher: &Teacher,
+    temperature: f32,
+) -> Result<Tensor> {
+    let dev = student.device();
+    let t = batch.t;
+    let keep: Vec<usize> = (0..batch.b)
+        .filter(|&s| batch.targets[s * t + t - 1] != 0)
+        .collect();
+    if keep.is_empty() {
+        return Err(Error::Shape(
+            "no sequence of the batch has a next item to distil (sequences shorter than 2?)".into(),
+        ));
+    }
+    let n = keep.len();
+    let v = table.dim(0).ctx("distill")?;
+    let tc = teacher.model.config();
+    let kept: Vec<SeqInput<'_>> = keep.iter().map(|&s| seqs[s]).collect();
+    let tb = BatchInput::next_item(&kept, tc.max_len, tc.time_buckets);
+    let tu = Tensor::from_vec(teacher.model.embed(&tb)?, (n, tc.dim), dev).ctx("teacher")?;
+    let inv_t = 1.0 / f64::from(temperature);
+    let mut mask = vec![0f32; v];
+    mask.iter_mut()
+        .take(FIRST_ITEM as usize)
+        .for_each(|m| *m = -1e9);
+    let mask = Tensor::from_vec(mask, (1, v), dev).ctx("distill mask")?;
+    // the teacher's soft targets, held constant
+    let tl = (tu
+        .matmul(&teacher.table.t().ctx("t")?)
+        .ctx("teacher logits")?
+        * inv_t)
+        .ctx("teacher logits")?
+        .broadcast_add(&mask)
+        .ctx("teacher logits")?
+        .to_vec2::<f32>()
+        .ctx("teacher logits")?;
+    let mut p = Vec::with_capacity(n * v);
+    let mut p_log_p = 0f64;
+    for row in &tl {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = row.iter().map(|&x| f64::from(x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for x in e {
+            let q = x / z;
+            if q > 0.0 {
+                p_log_p += q * q.ln();
+            }
+            p.push(q as f32);
+        }
+    }
+    let p = Tensor::from_vec(p, (n, v), dev).ctx("teacher softmax")?;
+    let idx = Tensor::from_vec(keep.iter().map(|&s| s as u32).collect::<Vec<_>>(), n, dev)
+        .ctx("distill rows")?;
+    let sl = (student
+        .index_select(&idx, 0)
+        .ctx("distill rows")?
+        .matmul(&table.t().ctx("t")?)
+        .ctx("student logits")?
+        * inv_t)
+        .ctx("student logits")?
+        .broadcast_add(&mask)
+        .ctx("student logits")?;
+    // log-softmax from primitive ops (the shift is a constant)
+    let z = sl
+        .broadcast_sub(&sl.max_keepdim(1).ctx("max")?.detach())
+        .ctx("shift")?;
+    let log_q = z
+        .broadcast_sub(
+            &z.exp()
+                .ctx("exp")?
+                .sum_keepdim(1)
+                .ctx("sum")?
+                .log()
+                .ctx("log")?,
+        )
+        .ctx("log softmax")?;
+    let t2 = f64::from(temperature) * f64::from(temperature);
+    (p * log_q)
+        .ctx("distill")?
+        .sum_all()
+        .ctx("distill")?
+        .affine(-t2 / n as f64, t2 * p_log_p / n as f64)
+        .ctx("distill")
+}
+
 /// CL4SRec's augmentations: a random crop, masking, or a local reorder.
 fn augment(s: &SeqInput<'_>, cfg: &ObjectiveConfig, mask_token: u32, r: &mut ChaCha8Rng) -> SeqBuf {
     let n = s.len();
@@ -272,6 +419,8 @@ pub struct StepCtx<'a> {
     /// The intents of the clustering losses (`objective.intent`, `objective.dec`). `None`
     /// leaves those losses out (before `cluster_warmup_epochs`, or when they are off).
     pub intents: Option<&'a Intents>,
+    /// The teacher of `objective.distill` (required when its weight is above 0).
+    pub teacher: Option<&'a Teacher>,
 }
 
 /// The intent centroids the clustering losses use, re-estimated by the trainer.
@@ -313,6 +462,19 @@ impl Whitened {
     }
 }
 
+/// The whole item table as a gradient leaf of the step (its gradient becomes item-table
+/// rows).
+fn table_leaf(model: &SeqModel, leaves: &mut Vec<(Var, Vec<u32>)>) -> Result<Var> {
+    let (v, d) = (model.vocab().items, model.config().dim);
+    let all: Vec<u32> = (0..v as u32).collect();
+    let tv = Var::from_tensor(
+        &Tensor::from_vec(model.items.gather(&all), (v, d), model.device()).ctx("table")?,
+    )
+    .ctx("table")?;
+    leaves.push((tv.clone(), all));
+    Ok(tv)
+}
+
 /// Loss and gradients of one batch.
 pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result<Gradients> {
     let t_fwd = std::time::Instant::now();
@@ -337,7 +499,7 @@ pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result
     let intents = cx.intents.filter(|_| cfg.clustering());
     // the user vectors the clustering losses pull toward their intents
     let mut users: Option<Tensor> = None;
-    if cfg.next_item > 0.0 || cfg.next_event > 0.0 {
+    if cfg.next_item > 0.0 || cfg.next_event > 0.0 || cfg.distill > 0.0 {
         let batch = BatchInput::next_item(seqs, enc_cfg.max_len, enc_cfg.time_buckets);
         let rows = Var::from_tensor(&model.gather_items(&batch)?).ctx("item leaf")?;
         leaves.push((rows.clone(), batch.items.clone()));
@@ -435,14 +597,7 @@ pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result
                         .ctx("positions")?;
                     match cfg.next_item_loss {
                         NextItemLoss::Full => {
-                            let v = model.vocab().items;
-                            let all: Vec<u32> = (0..v as u32).collect();
-                            let tv = Var::from_tensor(
-                                &Tensor::from_vec(model.items.gather(&all), (v, d), &dev)
-                                    .ctx("table")?,
-                            )
-                            .ctx("table")?;
-                            leaves.push((tv.clone(), all));
+                            let tv = table_leaf(model, &mut leaves)?;
                             // padding and OOV are never the answer; logits are never materialised
                             SoftmaxCe::apply(&h, tv.as_tensor(), targets, FIRST_ITEM as usize)
                                 .ctx("softmax cross entropy")?
@@ -500,6 +655,22 @@ pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result
                 loss.to_scalar::<f32>().ctx("loss")?,
             ));
             add(&mut total, loss, cfg.next_item)?;
+        }
+        if cfg.distill > 0.0 {
+            let teacher = cx.teacher.ok_or_else(|| {
+                Error::config("train.teacher", "objective.distill needs a teacher model")
+            })?;
+            let tv = table_leaf(model, &mut leaves)?;
+            let loss = distill_loss(
+                seqs,
+                &batch,
+                &enc.user,
+                tv.as_tensor(),
+                teacher,
+                cfg.distill_temperature,
+            )?;
+            parts.push(("distill".to_string(), loss.to_scalar::<f32>().ctx("loss")?));
+            add(&mut total, loss, cfg.distill)?;
         }
     }
 
@@ -623,13 +794,7 @@ pub fn step(model: &SeqModel, seqs: &[SeqInput<'_>], cx: &StepCtx<'_>) -> Result
             let h = flat
                 .index_select(&Tensor::from_slice(&pos, pos.len(), &dev).ctx("pos")?, 0)
                 .ctx("pos")?;
-            let v = model.vocab().items;
-            let all: Vec<u32> = (0..v as u32).collect();
-            let tv = Var::from_tensor(
-                &Tensor::from_vec(model.items.gather(&all), (v, d), &dev).ctx("table")?,
-            )
-            .ctx("table")?;
-            leaves.push((tv.clone(), all));
+            let tv = table_leaf(model, &mut leaves)?;
             let loss = SoftmaxCe::apply(&h, tv.as_tensor(), targets, FIRST_ITEM as usize)
                 .ctx("cloze cross entropy")?;
             parts.push(("cloze".to_string(), loss.to_scalar::<f32>().ctx("loss")?));

@@ -4,7 +4,7 @@
 
 use seqclust_model::{
     EncoderConfig, EncoderKind, Intents, NextItemLoss, ObjectiveConfig, Pooling, SeqInput,
-    SeqModel, StepCtx, Vocab, Whitened, Whitening, step,
+    SeqModel, StepCtx, Teacher, Vocab, Whitened, Whitening, step,
 };
 
 struct Data {
@@ -87,6 +87,7 @@ fn ctx<'a>(
         step,
         train,
         intents,
+        teacher: None,
     }
 }
 
@@ -457,4 +458,68 @@ fn behaviour_gradients_match_finite_differences() {
     let cx = ctx(&obj, 1, 1, false, Some(&c));
     let g = step(&model, &s, &cx).unwrap();
     assert_dense_matches_differences(&model, &s, &cx, &g.dense, 16, "behaviour");
+}
+
+/// Distillation: every student parameter and the item table learn from the teacher, the
+/// gradients match central differences, and a student identical to its teacher has nothing
+/// left to learn (KL 0).
+#[test]
+fn distillation_trains_the_student_toward_its_teacher() {
+    let d = data(6, VOCAB.items as u32);
+    let s = seqs(&d);
+    let obj = ObjectiveConfig {
+        next_item: 0.0,
+        distill: 1.0,
+        distill_temperature: 2.0,
+        ..Default::default()
+    };
+    let student_cfg = tiny(EncoderKind::Transformer, Pooling::Last);
+    obj.validate(&student_cfg).unwrap();
+    // a teacher of another kind and size
+    let teacher_cfg = EncoderConfig {
+        dim: 12,
+        max_len: 4,
+        ..tiny(EncoderKind::Gru, Pooling::Last)
+    };
+    let teacher =
+        Teacher::new(SeqModel::new(&teacher_cfg, VOCAB, 21).unwrap(), VOCAB.items).unwrap();
+    let model = SeqModel::new(&student_cfg, VOCAB, 3).unwrap();
+    let with = |train| StepCtx {
+        teacher: Some(&teacher),
+        ..ctx(&obj, 1, 1, train, None)
+    };
+    let g = step(&model, &s, &with(true)).unwrap();
+    assert_eq!(g.parts.len(), 1);
+    assert_eq!(g.parts[0].0, "distill");
+    assert!(g.loss.is_finite() && g.loss > 0.0, "{}", g.loss);
+    assert_dense_gradients(&model, &g.dense, "distilled transformer");
+    assert!(g.items.sq_norm() > 0.0 && !g.items.ids.contains(&0));
+    let cx = with(false);
+    let g = step(&model, &s, &cx).unwrap();
+    assert_dense_matches_differences(&model, &s, &cx, &g.dense, 16, "distill");
+
+    // the student's own architecture and weights as its teacher: the two softmaxes agree
+    let twin = Teacher::new(SeqModel::new(&student_cfg, VOCAB, 3).unwrap(), VOCAB.items).unwrap();
+    let g = step(
+        &model,
+        &s,
+        &StepCtx {
+            teacher: Some(&twin),
+            ..ctx(&obj, 1, 1, false, None)
+        },
+    )
+    .unwrap();
+    assert!(
+        g.loss.abs() < 1e-4,
+        "KL to an identical teacher: {}",
+        g.loss
+    );
+
+    // a teacher of another catalogue, and no teacher at all, are refused by name
+    let other = Vocab { items: 30, ..VOCAB };
+    let e = Teacher::new(SeqModel::new(&teacher_cfg, other, 1).unwrap(), VOCAB.items).unwrap_err();
+    assert!(e.to_string().contains("train.teacher"), "{e}");
+    assert!(e.to_string().contains("30 items"), "{e}");
+    let e = step(&model, &s, &ctx(&obj, 1, 1, true, None)).unwrap_err();
+    assert!(e.to_string().contains("train.teacher"), "{e}");
 }

@@ -117,6 +117,8 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.intent_temperature, o.intent_temperature);
             set!(c.cluster_warmup_epochs, o.cluster_warmup_epochs, usize_of);
             set!(c.intent_whiten, o.intent_whiten);
+            set!(c.distill, o.distill);
+            set!(c.distill_temperature, o.distill_temperature);
         }
         if let Some(t) = p.train {
             let c = &mut s.train;
@@ -137,6 +139,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             set!(c.resume_from, t.resume_from);
             set!(c.stop_after_epochs, t.stop_after_epochs, usize_of);
             set!(c.export_int8, t.export_int8);
+            set!(c.teacher, t.teacher);
         }
         if let Some(k) = p.kmeans {
             let c = &mut s.kmeans;
@@ -290,6 +293,8 @@ impl From<&JobSpec> for v1::JobSpec {
                 intent_temperature: Some(o.intent_temperature),
                 cluster_warmup_epochs: Some(u32_of(o.cluster_warmup_epochs)),
                 intent_whiten: Some(o.intent_whiten),
+                distill: Some(o.distill),
+                distill_temperature: Some(o.distill_temperature),
             }),
             train: Some(v1::TrainSpec {
                 epochs: Some(u32_of(t.epochs)),
@@ -309,6 +314,7 @@ impl From<&JobSpec> for v1::JobSpec {
                 resume_from: Some(t.resume_from.clone()),
                 stop_after_epochs: Some(u32_of(t.stop_after_epochs)),
                 export_int8: Some(t.export_int8),
+                teacher: Some(t.teacher.clone()),
             }),
             kmeans: Some(v1::KMeansSpec {
                 k: Some(u32_of(k.k)),
@@ -466,8 +472,9 @@ mod tests {
              [objective]\nnext_item_loss = { kind = \"sampled\", negatives = 77 }\n\
              next_event = 0.5\nintent = 0.1\ndec = 0.2\nintents = 12\n\
              intent_temperature = 0.3\ncluster_warmup_epochs = 3\nintent_whiten = false\n\
+             distill = 0.7\ndistill_temperature = 3.0\n\
              [kmeans]\nk = 33\nmetric = \"cosine\"\n[train]\nepochs = 6\nresume_from = \"runs/a\"\nstop_after_epochs = 2\n\
-             export_int8 = true\n\
+             export_int8 = true\nteacher = \"runs/big\"\n\
              [analysis]\ntree_transitions = 5\n",
         )
         .unwrap();

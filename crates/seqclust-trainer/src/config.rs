@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// (3.8× smaller at dim 64). `seqclust serve --precision int8` loads it instead of
     /// quantising `model/`; the vocabularies stay under `model/vocab/`.
     pub export_int8: bool,
+    /// The teacher of `objective.distill`: a run directory or URL holding the `model/` of a
+    /// model trained on this dataset (the same item vocabulary), usually a larger one. The
+    /// student (this job's encoder) learns to rank the next item as the teacher does.
+    pub teacher: String,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +100,7 @@ impl Default for TrainConfig {
             resume_from: String::new(),
             stop_after_epochs: 0,
             export_int8: false,
+            teacher: String::new(),
         }
     }
 }
@@ -166,6 +171,19 @@ impl TrainJob {
             return Err(Error::config(
                 "train.resume_from",
                 "give init_from (new training from another run's layers) or resume_from (continued training), not both",
+            ));
+        }
+        let distill = self.objective.distill > 0.0;
+        if distill && t.teacher.trim().is_empty() {
+            return Err(Error::config(
+                "train.teacher",
+                "objective.distill is above 0 but no teacher model is given",
+            ));
+        }
+        if !distill && !t.teacher.trim().is_empty() {
+            return Err(Error::config(
+                "objective.distill",
+                "a teacher is given (train.teacher) but the distillation weight is 0",
             ));
         }
         if t.log_every == 0 {

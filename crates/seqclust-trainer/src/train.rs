@@ -9,13 +9,13 @@ use tracing::info;
 use seqclust_collective::{Collective, Local};
 use seqclust_data::{Dataset, Location, ShardSampler};
 use seqclust_model::{
-    AdamParams, NextItemLoss, Optimizer, Popularity, Schedule, SeqInput, SeqModel, StepCtx, Vocab,
-    step,
+    AdamParams, NextItemLoss, Optimizer, Popularity, Schedule, SeqInput, SeqModel, StepCtx,
+    Teacher, Vocab, step,
 };
 
 use crate::checkpoint::{
-    INT8_MODEL_DIR, ModelInfo, TrainState, init_from, load_latest, save_checkpoint, save_model,
-    save_model_int8,
+    INT8_MODEL_DIR, ModelInfo, TrainState, init_from, load_latest, load_model, save_checkpoint,
+    save_model, save_model_int8,
 };
 use crate::config::TrainJob;
 use crate::data_parallel::{average_gradients, shard_of};
@@ -272,6 +272,40 @@ pub fn train_with(
             }
         ));
     }
+    let teacher = if job.objective.distill > 0.0 {
+        let teacher_error = |e: &dyn std::fmt::Display| {
+            Error::config(
+                "train.teacher",
+                format!(
+                    "cannot load the teacher model of {}: {e}",
+                    tc.teacher.trim()
+                ),
+            )
+        };
+        let source = Location::parse(tc.teacher.trim(), false).map_err(|e| match e {
+            // a run directory, not a dataset, is what is missing
+            seqclust_data::Error::DatasetNotFound { .. } => {
+                teacher_error(&"the directory does not exist")
+            }
+            e => teacher_error(&e),
+        })?;
+        let (m, _) = rt
+            .block_on(load_model(&source))
+            .map_err(|e| teacher_error(&e))?;
+        let t = Teacher::new(m, vocab.items)?;
+        let c = t.model().config();
+        obs.note(&format!(
+            "distilling from {}: {:?} dim {} × {} layers, {} dense parameters",
+            source.display_of("model"),
+            c.kind,
+            c.dim,
+            c.layers,
+            t.model().dense_len()?
+        ));
+        Some(t)
+    } else {
+        None
+    };
     let users_total = ds.manifest().counts.users as usize;
     let steps_per_epoch = users_total.div_ceil(tc.batch_size).max(1) as u64;
     let schedule = Schedule {
@@ -373,6 +407,7 @@ pub fn train_with(
                     step: state.step + 1,
                     train: true,
                     intents: intents.as_ref(),
+                    teacher: teacher.as_ref(),
                 };
                 let mut g = step(&model, &inputs, &cx)?;
                 average_gradients(group, &mut g)?;

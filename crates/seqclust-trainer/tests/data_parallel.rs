@@ -58,6 +58,7 @@ fn grads(model: &SeqModel, batch: &[SeqInput<'_>]) -> Gradients {
         step: 1,
         train: false,
         intents: None,
+        teacher: None,
     };
     step(model, batch, &cx).unwrap()
 }

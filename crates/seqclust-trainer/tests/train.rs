@@ -390,3 +390,79 @@ fn a_stopped_run_continued_elsewhere_equals_one_run() {
         .unwrap_err();
     assert!(e.to_string().contains("train.stop_after_epochs"), "{e}");
 }
+
+/// `objective.distill` trains a smaller student toward a teacher of the same dataset; a
+/// teacher of another catalogue, one that is not there, and a half-given setting are refused
+/// by name.
+#[test]
+fn distillation_trains_a_smaller_student_toward_its_teacher() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ds_a, ds_b) = (
+        dataset_of(a.path(), &rt, 300, 1),
+        dataset_of(b.path(), &rt, 450, 2),
+    );
+    let teacher = a.path().join("teacher");
+    let mut j = job(&ds_a);
+    j.train.eval_every = 0;
+    j.train.lr = 5e-3;
+    let teacher_loc = Location::parse(&teacher.display().to_string(), true).unwrap();
+    seqclust_trainer::train(&j, &teacher_loc, rt.handle(), &Quiet::default()).unwrap();
+
+    let mut s = job(&ds_a);
+    s.encoder.dim = 8;
+    s.encoder.kind = seqclust_model::EncoderKind::Gru;
+    s.objective.next_item = 0.0;
+    s.objective.distill = 1.0;
+    s.train.teacher = teacher.display().to_string();
+    s.train.epochs = 3;
+    s.train.lr = 1e-2;
+    let run = Location::parse(&a.path().join("student").display().to_string(), true).unwrap();
+    let obs = Quiet::default();
+    let rep = seqclust_trainer::train(&s, &run, rt.handle(), &obs).unwrap();
+    let kl: Vec<f32> = rep
+        .log
+        .iter()
+        .map(|l| l.parts.iter().find(|p| p.0 == "distill").unwrap().1)
+        .collect();
+    let (first, last) = (
+        kl[..3].iter().sum::<f32>(),
+        kl[kl.len() - 3..].iter().sum::<f32>(),
+    );
+    assert!(last < 0.9 * first, "KL to the teacher {kl:?}");
+    let notes = obs.0.lock().unwrap().clone();
+    assert!(
+        notes.iter().any(|n| n.starts_with("distilling from")),
+        "{notes:?}"
+    );
+    let (student, _) = rt.block_on(seqclust_trainer::load_model(&run)).unwrap();
+    assert_eq!(student.config().dim, 8);
+    // its next-item ranking is evaluated like any model's
+    assert!(rep.evals.iter().any(|e| e.split == "test"));
+
+    let refused = |mut t: TrainJob, name: &str| -> String {
+        let other = Location::parse(&b.path().join(name).display().to_string(), true).unwrap();
+        t.train.epochs = 1;
+        let e = seqclust_trainer::train(&t, &other, rt.handle(), &Quiet::default()).unwrap_err();
+        std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ")
+    };
+    // another catalogue: the item ids mean other items
+    let mut t = s.clone();
+    t.dataset.uri = ds_b.clone();
+    let e = refused(t, "other");
+    assert!(e.contains("train.teacher") && e.contains("items"), "{e}");
+    let mut t = s.clone();
+    t.train.teacher = a.path().join("nope").display().to_string();
+    let e = refused(t, "gone");
+    assert!(e.contains("train.teacher") && e.contains("nope"), "{e}");
+    let mut t = s.clone();
+    t.train.teacher.clear();
+    assert!(refused(t, "none").contains("train.teacher"));
+    let mut t = s.clone();
+    t.objective.distill = 0.0;
+    t.objective.next_item = 1.0;
+    assert!(refused(t, "zero").contains("objective.distill"));
+}

@@ -251,6 +251,7 @@ fn run_in_pool(a: &EncoderBench) -> Result<()> {
                         step: s as u64 + 1,
                         train: true,
                         intents: None,
+                        teacher: None,
                     },
                 )?;
                 if let Some(ring) = ring.as_mut() {
